@@ -1,0 +1,1 @@
+"""The three actor groups: trainer, rollout and reward."""

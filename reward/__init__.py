@@ -1,0 +1,1 @@
+"""Reward functions: the loader and the built-in rewards. Depends on nothing of rlstack's."""

@@ -1,0 +1,248 @@
+"""The recipe schema: one typed tree of pydantic models.
+
+A recipe is a YAML file whose top-level keys are the sections below. Every model forbids
+unknown keys, and ``load_recipe`` turns any validation failure into a ``RecipeError``
+that names the offending key and, for a misspelt key, the closest valid one.
+
+Overrides use dotted paths, ``trainer.lr=2e-6``; the value is parsed as YAML, so
+``true``, ``3`` and ``[1, 2]`` get their natural types.
+"""
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the key or path at fault."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+
+class ModelSection(Section):
+    path: str = "smollm2"
+    """``smollm2`` (the embedded SmolLM2-135M-Instruct), a local HF directory, or ``random:<preset>``."""
+    seed: int = 0
+    """Seed for ``random:`` initialisation."""
+
+
+class DataSection(Section):
+    task: Literal["arithmetic"] = "arithmetic"
+    """The built-in synthetic task."""
+    digits: int = 1
+    """Digits per operand: 1 means operands 0..9, 2 means 10..99."""
+    operator: Literal["+", "-", "*"] = "+"
+    """The arithmetic operator."""
+    num_eval: int = 50
+    """Held-out problems, disjoint from the training problems."""
+    num_train: int = 10000
+    """Training problems (capped by how many distinct problems exist)."""
+    seed: int = 0
+    """Seed for problem generation, the split and prompt order."""
+    system_prompt: str | None = None
+    """System message; ``None`` keeps the chat template's default."""
+
+
+class RolloutSection(Section):
+    engine: Literal["hf"] = "hf"
+    """Inference engine: ``hf`` is transformers ``generate``."""
+    num_prompts: int = 16
+    """Prompts per training step."""
+    num_samples: int = 8
+    """Samples per prompt: the GRPO group size."""
+    max_new_tokens: int = 40
+    """Response length cap, in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature for training rollouts."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Engine weight dtype."""
+    bucket_mb: int = 256
+    """Weight-sync bucket size, in MB."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "RolloutSection":
+        if self.num_samples < 2:
+            raise ValueError(f"rollout.num_samples={self.num_samples}: a GRPO group needs at least 2 samples")
+        if self.temperature <= 0:
+            raise ValueError(f"rollout.temperature={self.temperature}: training rollouts must sample (> 0)")
+        return self
+
+
+class RewardSection(Section):
+    function: str = "reward.arithmetic:exact_match"
+    """``package.module:function`` or ``path/to/file.py:function``."""
+    timeout_s: float = 10.0
+    """Per-call timeout; a call that runs longer scores 0 and counts as an error."""
+
+
+class AlgorithmSection(Section):
+    name: Literal["grpo"] = "grpo"
+    """The RL algorithm."""
+    normalize_std: bool = True
+    """Divide group advantages by the group std (GRPO); ``false`` gives Dr.GRPO."""
+    clip_low: float = 0.2
+    """PPO clip: the ratio is kept above ``1 - clip_low``."""
+    clip_high: float = 0.2
+    """PPO clip: the ratio is kept below ``1 + clip_high`` (DAPO's clip-higher uses 0.28)."""
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    """How token losses become one number: DAPO's token mean, GRPO's per-sequence mean, or Dr.GRPO's constant norm."""
+    kl_coef: float = 0.0
+    """Weight of the KL penalty to the reference model; 0 loads no reference."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """Estimator of KL(policy || reference), after Schulman's 'Approximating KL divergence'."""
+    drop_zero_variance_groups: bool = True
+    """Skip groups whose rewards are all equal (their advantage is zero anyway)."""
+    num_minibatches: int = 1
+    """Optimizer steps per rollout batch; the batch is split into this many minibatches."""
+
+
+class TrainerSection(Section):
+    lr: float = 1e-5
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    max_grad_norm: float = 1.0
+    """Gradients are clipped to this global L2 norm."""
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """Shape of the LR after warm-up."""
+    warmup_steps: int = 0
+    """Linear warm-up, in optimizer steps."""
+    micro_batch_tokens: int = 4096
+    """Token budget of one forward/backward (padded tokens count)."""
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    """FSDP2 compute dtype; master weights and gradient reduction stay float32."""
+    num_steps: int = 10
+    """Training steps (rollout + update) to run."""
+    seed: int = 0
+    """Seed for sampling and training."""
+
+
+class PlacementSection(Section):
+    device: Literal["cpu", "cuda"] = "cpu"
+    """Where the trainer and engines run."""
+    num_trainer_ranks: int = 1
+    """FSDP2 ranks in the trainer group."""
+    trainer_cpus: float = 1.0
+    """Ray CPUs reserved per trainer rank."""
+    trainer_gpus: float = 0.0
+    """Ray GPUs reserved per trainer rank."""
+    num_rollout_workers: int = 1
+    """Engine actors in the rollout group."""
+    rollout_cpus: float = 0.5
+    """Ray CPUs reserved per rollout actor."""
+    rollout_gpus: float = 0.0
+    """Ray GPUs reserved per rollout actor."""
+    num_reward_workers: int = 2
+    """Reward actors in the pool."""
+    reward_cpus: float = 0.1
+    """Ray CPUs reserved per reward actor."""
+    num_threads: int = 0
+    """Torch threads per trainer or engine actor; 0 means all cores of the node."""
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """Placement-group strategy for the trainer ranks."""
+
+
+class TrackingSection(Section):
+    run_root: str = "runs"
+    """Directory under which each run gets its own directory."""
+    name: str | None = None
+    """Run name; default is the recipe name plus a timestamp."""
+    wandb: Literal["auto", "offline", "online", "disabled"] = "auto"
+    """``auto`` logs online when ``WANDB_API_KEY`` is set, else offline."""
+    project: str = "rlstack"
+    """wandb project."""
+    console: bool = True
+    """Show a progress bar and a line per step."""
+
+
+class CheckpointSection(Section):
+    every_steps: int = 0
+    """Save every k steps; 0 saves only at the end."""
+    at_end: bool = True
+    """Save after the last step."""
+    optimizer: bool = True
+    """Include the optimizer state."""
+
+
+class EvalSection(Section):
+    every_steps: int = 5
+    """Held-out evaluation every k steps; 0 evaluates only before and after training."""
+    num_samples: int = 4
+    """Samples per held-out prompt for sampled accuracy at T=1."""
+
+
+class Recipe(Section):
+    name: str = "recipe"
+    """Short name of the recipe, used in run names."""
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    rollout: RolloutSection = RolloutSection()
+    reward: RewardSection = RewardSection()
+    algorithm: AlgorithmSection = AlgorithmSection()
+    trainer: TrainerSection = TrainerSection()
+    placement: PlacementSection = PlacementSection()
+    tracking: TrackingSection = TrackingSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+    eval: EvalSection = EvalSection()
+
+
+def apply_override(tree: dict[str, Any], override: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise RecipeError(f"override {override!r} is not of the form key.path=value")
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"override {override!r}: {part!r} is not a section")
+    node[leaf] = yaml.safe_load(raw)
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Recipe
+    for part in loc[:-1]:
+        annotation = model.model_fields[part].annotation
+        assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        model = annotation
+    return list(model.model_fields)
+
+
+def _describe(error: Any) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(part) for part in loc)
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1)
+        hint = f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else ""
+        return f"unknown key {key!r}{hint}"
+    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+
+
+def parse_recipe(tree: dict[str, Any]) -> Recipe:
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as exc:
+        raise RecipeError("invalid recipe: " + "; ".join(_describe(e) for e in exc.errors())) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:  # type: ignore[assignment]
+    """Read a YAML recipe, apply ``a.b=value`` overrides and validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {str(path)!r} does not exist")
+    tree = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(tree, dict):
+        raise RecipeError(f"recipe file {str(path)!r} must hold a mapping of sections")
+    for override in overrides:
+        apply_override(tree, override)
+    return parse_recipe(tree)

@@ -1,0 +1,186 @@
+"""The step loop: sample prompts, generate, score, compute advantages, train, sync, log."""
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from actors.reward import RewardPool, ScoreRequest
+from actors.rollout import RolloutGroup
+from actors.trainer import TrainerGroup
+from rlstack import models
+from rlstack.algorithms import group_advantages
+from rlstack.algorithms.advantages import zero_variance_groups
+from rlstack.checkpoint import save_checkpoint
+from rlstack.config import Recipe
+from rlstack.data.arithmetic import Problem, PromptSampler, make_splits
+from rlstack.data.batching import shard
+from rlstack.data.chat import render_prompt
+from rlstack.tracking import Tracker, plot_run
+from rlstack.types import Completion, Sample, SamplingParams, TrainBatch
+
+
+@contextmanager
+def timed(metrics: dict[str, Any], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    metrics[f"time/{name}"] = time.perf_counter() - start
+
+
+class Controller:
+    """Owns the three groups and runs GRPO on them. Holds no math and no engine code."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path):
+        self.recipe = recipe
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+        data = recipe.data
+        train, self.held_out = make_splits(data.digits, data.operator, data.num_train, data.num_eval, data.seed)
+        self.sampler = PromptSampler(train, data.seed)
+        self.tokenizer = models.load_tokenizer(recipe.model.path)
+        self.trainer = TrainerGroup(recipe)
+        self.rollout = RolloutGroup(recipe)
+        self.rewards = RewardPool(
+            recipe.reward.function,
+            recipe.reward.timeout_s,
+            recipe.placement.num_reward_workers,
+            recipe.placement.reward_cpus,
+        )
+        self.policy_version = 0
+        self.tracker = Tracker(recipe, run_dir, recipe.trainer.num_steps)
+
+    def run(self) -> dict[str, Any]:
+        start = time.time()
+        self.sync_weights()
+        before = self.evaluate()
+        self.tracker.log(0, before)
+        after = before
+        for step in range(1, self.recipe.trainer.num_steps + 1):
+            metrics = self.step(step)
+            if self.recipe.eval.every_steps and step % self.recipe.eval.every_steps == 0:
+                after = self.evaluate()
+                metrics.update(after)
+            self.tracker.log(step, metrics)
+            if self.recipe.checkpoint.every_steps and step % self.recipe.checkpoint.every_steps == 0:
+                save_checkpoint(self.trainer, self.recipe, self.run_dir, step)
+        num_steps = self.recipe.trainer.num_steps
+        if not self.recipe.eval.every_steps or num_steps % self.recipe.eval.every_steps:
+            after = self.evaluate()
+            self.tracker.log(num_steps, after)
+        checkpoint = save_checkpoint(self.trainer, self.recipe, self.run_dir, num_steps) if self.recipe.checkpoint.at_end else None
+        self.tracker.close()
+        plot_run(self.run_dir / "metrics.jsonl", self.run_dir / "plot.png")
+        summary = {
+            "steps": num_steps,
+            "greedy_accuracy_before": before["eval/greedy_accuracy"],
+            "greedy_accuracy_after": after["eval/greedy_accuracy"],
+            "sampled_accuracy_before": before["eval/sampled_accuracy"],
+            "sampled_accuracy_after": after["eval/sampled_accuracy"],
+            "policy_version": self.policy_version,
+            "wall_s": round(time.time() - start, 1),
+            "run_dir": str(self.run_dir),
+            "checkpoint": str(checkpoint) if checkpoint else None,
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def step(self, step: int) -> dict[str, Any]:
+        """One GRPO step; returns its metrics."""
+        rollout, algo = self.recipe.rollout, self.recipe.algorithm
+        metrics: dict[str, Any] = {}
+        with timed(metrics, "step"):
+            problems = self.sampler.next_batch(rollout.num_prompts)
+            prompts = [self.prompt_ids(p) for p in problems]
+            params = SamplingParams(
+                n=rollout.num_samples,
+                max_new_tokens=rollout.max_new_tokens,
+                temperature=rollout.temperature,
+                top_p=rollout.top_p,
+                seed=self.recipe.trainer.seed * 1_000_003 + step,
+            )
+            with timed(metrics, "generate"):
+                groups = self.rollout.generate(prompts, params)
+            with timed(metrics, "reward"):
+                rewards = self.score(problems, groups)  # [G, n]
+            advantages, adv_metrics = group_advantages(rewards, algo.normalize_std)
+            keep = ~zero_variance_groups(rewards) if algo.drop_zero_variance_groups else torch.ones(len(groups), dtype=torch.bool)
+            samples = [
+                Sample(tuple(prompts[g]), completion, float(advantages[g, i]))
+                for g in keep.nonzero().flatten().tolist()
+                for i, completion in enumerate(groups[g])
+            ]
+            if samples:
+                with timed(metrics, "train"):
+                    metrics.update(self.train(samples))
+                with timed(metrics, "sync"):
+                    self.policy_version += 1
+                    self.sync_weights()
+        completions = [c for group in groups for c in group]
+        generated = sum(len(c.token_ids) for c in completions)
+        metrics.update(
+            {
+                "reward/mean": rewards.mean().item(),
+                "reward/std": rewards.std().item(),
+                "reward/errors": self.last_reward_errors,
+                "accuracy": (rewards >= 1.0).float().mean().item(),
+                "response_length": generated / len(completions),
+                "truncated_fraction": sum(c.finish_reason == "length" for c in completions) / len(completions),
+                "zero_variance_fraction": adv_metrics["zero_variance_fraction"],
+                "num_trained_seqs": len(samples),
+                "policy_version": self.policy_version,
+                "throughput/generate_tok_s": generated / metrics["time/generate"],
+            }
+        )
+        if samples:
+            trained = sum(len(s.prompt_ids) + len(s.completion.token_ids) for s in samples)
+            metrics["throughput/train_tok_s"] = trained * algo.num_minibatches / metrics["time/train"]
+        return metrics
+
+    def train(self, samples: list[Sample]) -> dict[str, float]:
+        """``num_minibatches`` optimizer steps over the samples; returns the last step's metrics."""
+        num = self.recipe.algorithm.num_minibatches
+        size = -(-len(samples) // num)
+        metrics: dict[str, float] = {}
+        for start in range(0, len(samples), size):
+            minibatch = samples[start : start + size]
+            shards = shard(minibatch, self.recipe.placement.num_trainer_ranks)
+            num_tokens = sum(len(s.completion.token_ids) for s in minibatch)
+            batches = [TrainBatch(tuple(s), num_tokens, len(minibatch), self.recipe.rollout.max_new_tokens) for s in shards]
+            metrics = self.trainer.train_step(batches)
+        return metrics
+
+    def sync_weights(self) -> None:
+        """Stream the trainer's full weights to every engine as ``self.policy_version``."""
+        refs = self.trainer.state_dict_buckets(self.recipe.rollout.bucket_mb, self.recipe.rollout.dtype)
+        versions = self.rollout.update_weights(self.policy_version, refs)
+        assert all(v == self.policy_version for v in versions), versions
+
+    def score(self, problems: list[Problem], groups: list[list[Completion]]) -> torch.Tensor:
+        """``[G, n]`` rewards from the reward pool."""
+        requests = [ScoreRequest(c.text, p.question, p.row()) for p, group in zip(problems, groups, strict=True) for c in group]
+        scores = self.rewards.score(requests)
+        self.last_reward_errors = scores.num_errors
+        return torch.tensor(scores.rewards).view(len(groups), -1)
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out accuracy: greedy, and sampled at T=1 with ``eval.num_samples`` per prompt."""
+        prompts = [self.prompt_ids(p) for p in self.held_out]
+        max_tokens = self.recipe.rollout.max_new_tokens
+        greedy = self.rollout.generate(prompts, SamplingParams(n=1, max_new_tokens=max_tokens, temperature=0.0))
+        sampled = self.rollout.generate(
+            prompts,
+            SamplingParams(n=self.recipe.eval.num_samples, max_new_tokens=max_tokens, temperature=1.0, seed=self.policy_version),
+        )
+        return {
+            "eval/greedy_accuracy": (self.score(self.held_out, greedy) >= 1.0).float().mean().item(),
+            "eval/sampled_accuracy": (self.score(self.held_out, sampled) >= 1.0).float().mean().item(),
+        }
+
+    def prompt_ids(self, problem: Problem) -> list[int]:
+        return render_prompt(self.tokenizer, problem.question, self.recipe.data.system_prompt)

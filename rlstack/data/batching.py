@@ -1,0 +1,104 @@
+"""Turning samples into padded tensors, rank shards and micro-batches."""
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from rlstack.types import Completion, Sample
+
+
+@dataclass(frozen=True)
+class Collated:
+    """Samples as tensors: prompts left-padded to ``P``, responses right-padded to ``R``.
+
+    Every response starts at column ``P``, so the logits of positions ``P-1 .. P+R-2``
+    predict the response tokens and the model needs to project only the last ``R + 1``
+    hidden states onto the vocabulary.
+    """
+
+    input_ids: torch.Tensor
+    """``[B, P + R]`` prompt and response tokens."""
+    attention_mask: torch.Tensor
+    """``[B, P + R]`` 1 on real tokens."""
+    position_ids: torch.Tensor
+    """``[B, P + R]`` positions counted from each sequence's first real token."""
+    response_ids: torch.Tensor
+    """``[B, R]`` response tokens."""
+    response_mask: torch.Tensor
+    """``[B, R]`` float, 1 on response tokens that count in the loss."""
+    old_logprobs: torch.Tensor
+    """``[B, R]`` engine logprobs of the response tokens."""
+    advantages: torch.Tensor
+    """``[B]``."""
+
+
+def collate(samples: list[Sample], pad_id: int) -> Collated:
+    width = max(len(s.prompt_ids) for s in samples)
+    length = max(len(s.completion.token_ids) for s in samples)
+    ids, attention, responses, mask, old = [], [], [], [], []
+    for s in samples:
+        prompt, response = list(s.prompt_ids), list(s.completion.token_ids)
+        left, right = width - len(prompt), length - len(response)
+        ids.append([pad_id] * left + prompt + response + [pad_id] * right)
+        attention.append([0] * left + [1] * (len(prompt) + len(response)) + [0] * right)
+        responses.append(response + [pad_id] * right)
+        mask.append([0.0 if s.masked else 1.0] * len(response) + [0.0] * right)
+        old.append(list(s.completion.logprobs) + [0.0] * right)
+    attention_mask = torch.tensor(attention)
+    return Collated(
+        input_ids=torch.tensor(ids),
+        attention_mask=attention_mask,
+        position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
+        response_ids=torch.tensor(responses),
+        response_mask=torch.tensor(mask),
+        old_logprobs=torch.tensor(old),
+        advantages=torch.tensor([s.advantage for s in samples], dtype=torch.float32),
+    )
+
+
+def num_tokens(sample: Sample) -> int:
+    return len(sample.prompt_ids) + len(sample.completion.token_ids)
+
+
+def padding_sample(like: Sample) -> Sample:
+    """A copy of ``like`` that contributes nothing: zero advantage, one token, and masked out."""
+    completion = replace(like.completion, token_ids=like.completion.token_ids[:1], logprobs=(0.0,))
+    return Sample(prompt_ids=like.prompt_ids, completion=completion, advantage=0.0, masked=True)
+
+
+def shard(samples: list[Sample], num_shards: int) -> list[list[Sample]]:
+    """Split samples across ranks, longest first onto the lightest rank; no rank is left empty."""
+    shards: list[list[Sample]] = [[] for _ in range(num_shards)]
+    loads = [0] * num_shards
+    for s in sorted(samples, key=num_tokens, reverse=True):
+        lightest = loads.index(min(loads))
+        shards[lightest].append(s)
+        loads[lightest] += num_tokens(s)
+    for part in shards:
+        if not part:
+            part.append(padding_sample(samples[0]))
+    return shards
+
+
+def micro_batches(samples: list[Sample], token_budget: int) -> list[list[Sample]]:
+    """Group samples so that each group's padded size ``len(group) * max_len`` fits the budget.
+
+    A sample longer than the budget gets a micro-batch of its own.
+    """
+    groups: list[list[Sample]] = []
+    current: list[Sample] = []
+    longest = 0
+    for s in sorted(samples, key=num_tokens):
+        longest_if_added = max(longest, num_tokens(s))
+        if current and longest_if_added * (len(current) + 1) > token_budget:
+            groups.append(current)
+            current, longest_if_added = [], num_tokens(s)
+        current.append(s)
+        longest = longest_if_added
+    if current:
+        groups.append(current)
+    return groups
+
+
+def completion_tokens(completions: list[Completion]) -> int:
+    return sum(len(c.token_ids) for c in completions)

