@@ -70,7 +70,7 @@ class RewardPool:
 
     def __init__(self, function: str, timeout_s: float, num_workers: int, num_cpus: float):
         actor = ray.remote(RewardWorker).options(num_cpus=num_cpus, max_restarts=3, max_task_retries=1)
-        self.workers = [actor.remote(function, timeout_s) for _ in range(num_workers)]
+        self.workers: list[Any] = [actor.remote(function, timeout_s) for _ in range(num_workers)]
 
     def score(self, requests: list[ScoreRequest]) -> Scores:
         chunk = -(-len(requests) // len(self.workers))

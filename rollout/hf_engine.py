@@ -23,7 +23,7 @@ class HFEngine:
 
     def __init__(self, model_path: str, dtype: torch.dtype, device: str, seed: int = 0):
         self.tokenizer = models.load_tokenizer(model_path)
-        self.model = models.load_model(model_path, dtype=dtype, seed=seed).to(device).eval()
+        self.model = models.load_model(model_path, dtype=dtype, seed=seed).to(device).eval()  # type: ignore[arg-type]
         self.device = device
         self.policy_version = -1
 
@@ -75,7 +75,7 @@ class HFEngine:
             logprobs=tuple(logprobs[:length].tolist()),
             finish_reason=finish,
             policy_version=self.policy_version,
-            text=self.tokenizer.decode(ids, skip_special_tokens=True),
+            text=str(self.tokenizer.decode(ids, skip_special_tokens=True)),
         )
 
     @torch.no_grad()

@@ -73,4 +73,6 @@ def aggregate(
         return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / num_seqs
     if mode == "seq_mean_token_sum_norm":
         return masked.sum() / (num_seqs * max_tokens)
-    raise ValueError(f"algorithm.loss_agg={mode!r}: expected token_mean, seq_mean_token_mean or seq_mean_token_sum_norm")
+    raise ValueError(
+        f"algorithm.loss_agg={mode!r}: expected token_mean, seq_mean_token_mean or seq_mean_token_sum_norm"
+    )

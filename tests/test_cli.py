@@ -1,0 +1,34 @@
+"""Bad input exits with code 2 and names the key or path, before any actor starts."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+TINY = "recipes/grpo_tiny_random.yaml"
+
+
+def train(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rlstack.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((TINY, "trainer.lrr=1"), "unknown key 'trainer.lrr'; did you mean 'trainer.lr'?"),
+        ((TINY, "rollout.num_samples=eight"), "rollout.num_samples"),
+        ((TINY, "model.path=/no/such/model"), "model.path='/no/such/model'"),
+        ((TINY, "reward.function=no_such_pkg.rewards:score"), "reward.function='no_such_pkg.rewards:score'"),
+        ((TINY, "reward.function=tests/assets/rewards.py:missing"), "has no function 'missing'"),
+        (("recipes/none.yaml",), "recipes/none.yaml"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_key(args, message):
+    result = train(*args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Started a local Ray" not in result.stderr + result.stdout

@@ -1,0 +1,67 @@
+from pathlib import Path
+
+import pytest
+
+from rlstack.config import Recipe, RecipeError, apply_override, load_recipe, parse_recipe
+
+RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(path):
+    assert isinstance(load_recipe(path), Recipe)
+
+
+def test_every_field_has_a_docstring():
+    sections = [Recipe, *(f.annotation for f in Recipe.model_fields.values() if isinstance(f.annotation, type))]
+    for section in sections:
+        for name, field in section.model_fields.items():
+            if isinstance(field.annotation, type) and field.annotation in sections:
+                continue
+            assert field.description, f"{section.__name__}.{name} has no docstring"
+
+
+def test_unknown_key_names_it_and_suggests_the_closest():
+    with pytest.raises(RecipeError, match=r"unknown key 'trainer\.lrr'; did you mean 'trainer\.lr'\?"):
+        parse_recipe({"trainer": {"lrr": 1e-5}})
+
+
+def test_unknown_section_suggests_the_closest():
+    with pytest.raises(RecipeError, match=r"'rollot'; did you mean 'rollout'"):
+        parse_recipe({"rollot": {}})
+
+
+def test_wrong_type_names_the_key_and_value():
+    with pytest.raises(RecipeError, match=r"trainer\.num_steps.*'many'"):
+        parse_recipe({"trainer": {"num_steps": "many"}})
+
+
+def test_group_of_one_sample_is_rejected():
+    with pytest.raises(RecipeError, match=r"rollout\.num_samples=1"):
+        parse_recipe({"rollout": {"num_samples": 1}})
+
+
+def test_overrides_are_parsed_as_yaml(tmp_path):
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text("trainer:\n  lr: 1.0e-5\n")
+    recipe = load_recipe(recipe_file, ["trainer.lr=2e-6", "algorithm.normalize_std=false", "trainer.num_steps=3"])
+    assert recipe.trainer.lr == 2e-6
+    assert recipe.algorithm.normalize_std is False
+    assert recipe.trainer.num_steps == 3
+
+
+def test_override_of_unknown_key_is_an_error(tmp_path):
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text("{}")
+    with pytest.raises(RecipeError, match=r"did you mean 'trainer\.num_steps'"):
+        load_recipe(recipe_file, ["trainer.num_step=3"])
+
+
+def test_malformed_override_is_an_error():
+    with pytest.raises(RecipeError, match="key.path=value"):
+        apply_override({}, "trainer.lr")
+
+
+def test_missing_recipe_file_names_the_path(tmp_path):
+    with pytest.raises(RecipeError, match="nope.yaml"):
+        load_recipe(tmp_path / "nope.yaml")
