@@ -84,3 +84,7 @@ class RewardPool:
             num_errors=sum(r.num_errors for r in results),
             first_error=first,
         )
+
+    def shutdown(self) -> None:
+        for worker in self.workers:
+            ray.kill(worker)

@@ -63,3 +63,7 @@ class RolloutGroup:
 
     def fingerprints(self) -> list[dict[str, float]]:
         return ray.get([w.fingerprint.remote() for w in self.workers])
+
+    def shutdown(self) -> None:
+        for worker in self.workers:
+            ray.kill(worker)

@@ -9,7 +9,7 @@ from typing import Any
 import ray
 import torch
 import torch.distributed as dist
-from ray.util.placement_group import placement_group
+from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -21,6 +21,8 @@ from rlstack.algorithms import aggregate, clipped_surrogate, kl_penalty, token_e
 from rlstack.config import Recipe
 from rlstack.data.batching import Collated, collate, micro_batches, padding_sample
 from rlstack.types import Sample, TrainBatch
+
+PLACEMENT_TIMEOUT_S = 300
 
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
@@ -239,7 +241,13 @@ class TrainerGroup:
         self.placement_group = placement_group(
             [{k: v for k, v in bundle.items() if v}] * placement.num_trainer_ranks, strategy=placement.strategy
         )
-        ray.get(self.placement_group.ready())
+        try:
+            ray.get(self.placement_group.ready(), timeout=PLACEMENT_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            raise RuntimeError(
+                f"the trainer placement group ({placement.num_trainer_ranks} x {bundle}) could not be placed "
+                f"within {PLACEMENT_TIMEOUT_S}s; the cluster has {ray.available_resources()} free"
+            ) from None
         actor = ray.remote(TrainerWorker)
         self.workers: list[Any] = [
             actor.options(
@@ -266,3 +274,8 @@ class TrainerGroup:
 
     def save(self, path: str, optimizer: bool) -> None:
         ray.get([w.save.remote(path, optimizer) for w in self.workers])
+
+    def shutdown(self) -> None:
+        for worker in self.workers:
+            ray.kill(worker)
+        remove_placement_group(self.placement_group)

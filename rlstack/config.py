@@ -116,7 +116,7 @@ class TrainerSection(Section):
     """Shape of the LR after warm-up."""
     warmup_steps: int = 0
     """Linear warm-up, in optimizer steps."""
-    micro_batch_tokens: int = 4096
+    micro_batch_tokens: int = 2048
     """Token budget of one forward/backward (padded tokens count)."""
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     """FSDP2 compute dtype; master weights and gradient reduction stay float32."""

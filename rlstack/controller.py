@@ -55,6 +55,16 @@ class Controller:
         self.policy_version = 0
         self.tracker = Tracker(recipe, run_dir, recipe.trainer.num_steps)
 
+    def __enter__(self) -> "Controller":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Free the cluster's resources: kill the actors and remove the placement group."""
+        self.tracker.close()
+        self.rewards.shutdown()
+        self.rollout.shutdown()
+        self.trainer.shutdown()
+
     def run(self) -> dict[str, Any]:
         start = time.time()
         self.sync_weights()

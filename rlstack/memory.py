@@ -13,7 +13,7 @@ class PeakMemory:
     them, so Ray's shared object store and shared libraries are counted once.
     """
 
-    def __init__(self, interval_s: float = 1.0):
+    def __init__(self, interval_s: float = 2.0):
         self.baseline = set(psutil.pids())
         self.interval_s = interval_s
         self.peak_bytes = 0

@@ -71,6 +71,9 @@ class Tracker:
             self.progress.update(self.task, completed=step)
 
     def close(self) -> None:
+        """Flush and close every sink; safe to call twice."""
+        if self.file.closed:
+            return
         if self.progress is not None:
             self.progress.stop()
         if self.run is not None:

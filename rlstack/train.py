@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ray.init(include_dashboard=False, object_store_memory=2 * 2**30)
     try:
-        summary = Controller(recipe, run_dir_for(recipe)).run()
+        with Controller(recipe, run_dir_for(recipe)) as controller:
+            summary = controller.run()
     finally:
         ray.shutdown()
     print(json.dumps({"summary": summary}))

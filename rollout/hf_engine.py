@@ -4,22 +4,42 @@ from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 from rlstack import models
-from rlstack.algorithms import token_logprobs
 from rlstack.types import Completion, SamplingParams
 
 MAX_SEQUENCES_PER_CALL = 128
-"""Sequences per ``generate`` call; bounds the ``[B, T, V]`` logits kept for logprobs."""
+"""Sequences per ``generate`` call."""
+
+
+class SampledLogprobs(LogitsProcessor):
+    """Records the logprob of each sampled token under the distribution it was sampled from.
+
+    Placed after the temperature and top-p warpers, it sees the scores that are sampled.
+    At step t it keeps ``log_softmax(scores)``; at step t+1 the token sampled at step t is
+    the last column of ``input_ids``. So only ``[B]`` values per step are kept, never the
+    ``[B, T, V]`` logits.
+    """
+
+    def __init__(self) -> None:
+        self.pending: torch.Tensor | None = None  # [B, V] log-probs of the current step
+        self.steps: list[torch.Tensor] = []  # each [B]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.pending is not None:
+            self.steps.append(self.pending.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.pending = scores.float().log_softmax(dim=-1)
+        return scores
+
+    def result(self, last_tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, T]`` logprobs, given ``last_tokens: [B]``, the tokens sampled at the final step."""
+        assert self.pending is not None
+        return torch.stack([*self.steps, self.pending.gather(-1, last_tokens[:, None]).squeeze(-1)], dim=1)
 
 
 class HFEngine:
-    """Batched sampling with ``model.generate``; logprobs come from the raw logits.
-
-    Logprobs are ``log softmax(logits / temperature)`` of each sampled token, the
-    distribution that was sampled when ``top_p == 1``. With ``top_p < 1`` they ignore
-    the nucleus truncation.
-    """
+    """Batched sampling with ``model.generate``; logprobs are those of the sampling distribution."""
 
     def __init__(self, model_path: str, dtype: torch.dtype, device: str, seed: int = 0):
         self.tokenizer = models.load_tokenizer(model_path)
@@ -45,23 +65,29 @@ class HFEngine:
         input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=self.device)
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         greedy = params.temperature == 0
+        recorder = SampledLogprobs()
+        # Our own warpers, then the recorder; generate adds none of its own (T=1, top_p=1, top_k=0).
+        processors = LogitsProcessorList()
+        if not greedy and params.temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(params.temperature))
+        if not greedy and params.top_p < 1.0:
+            processors.append(TopPLogitsWarper(params.top_p))
+        processors.append(recorder)
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
             do_sample=not greedy,
-            temperature=None if greedy else params.temperature,
-            top_p=None if greedy else params.top_p,
-            top_k=None if greedy else 0,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
             max_new_tokens=params.max_new_tokens,
             num_return_sequences=params.n,
-            return_dict_in_generate=True,
-            output_logits=True,
+            logits_processor=processors,
             pad_token_id=pad,
             eos_token_id=eos,
         )
-        new_tokens = out.sequences[:, width:]  # [B * n, L]
-        logits = torch.stack(out.logits, dim=1)  # [B * n, L, V]
-        logprobs = token_logprobs(logits, new_tokens, temperature=1.0 if greedy else params.temperature)
+        new_tokens = out[:, width:]  # [B * n, L]
+        logprobs = recorder.result(new_tokens[:, -1])  # [B * n, L]
         completions = [self._completion(new_tokens[i], logprobs[i], eos) for i in range(new_tokens.shape[0])]
         return [completions[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 

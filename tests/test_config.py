@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from rlstack.config import Recipe, RecipeError, apply_override, load_recipe, parse_recipe
 
@@ -13,11 +14,11 @@ def test_every_shipped_recipe_validates(path):
 
 
 def test_every_field_has_a_docstring():
-    sections = [Recipe, *(f.annotation for f in Recipe.model_fields.values() if isinstance(f.annotation, type))]
+    sections = [f.annotation for f in Recipe.model_fields.values() if isinstance(f.annotation, type)]
+    sections = [s for s in sections if issubclass(s, BaseModel)]
+    assert len(sections) == 10
     for section in sections:
         for name, field in section.model_fields.items():
-            if isinstance(field.annotation, type) and field.annotation in sections:
-                continue
             assert field.description, f"{section.__name__}.{name} has no docstring"
 
 

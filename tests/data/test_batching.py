@@ -33,8 +33,9 @@ def test_micro_batches_respect_the_padded_token_budget():
 
 
 def test_shards_are_balanced_and_never_empty():
+    # sizes 12, 10, 5, 5 (prompt 4 + response): 12 -> A, 10 -> B, 5 -> B (15), 5 -> A (17)
     shards = shard([sample(4, n) for n in (8, 1, 1, 6)], 2)
-    assert sorted(sum(4 + len(s.completion.token_ids) for s in part) for part in shards) == [14, 16]
+    assert sorted(sum(4 + len(s.completion.token_ids) for s in part) for part in shards) == [15, 17]
     padded = shard([sample(4, 2)], 3)
     assert [len(p) for p in padded] == [1, 1, 1]
     assert sum(s.masked for p in padded for s in p) == 2

@@ -8,6 +8,7 @@ import ray
 from rlstack.config import load_recipe
 from rlstack.controller import Controller
 from rlstack.data.batching import shard
+from rlstack.types import Sample, SamplingParams
 
 pytestmark = pytest.mark.e2e
 
@@ -29,18 +30,17 @@ def test_two_grpo_steps_update_trainer_and_engine_to_the_same_version(ray_cluste
             "rollout.dtype=float32",
         ],
     )
-    controller = Controller(recipe, tmp_path / "run")
-    initial = controller.trainer.fingerprint()
-    assert controller.rollout.fingerprints()[0] == initial  # same seed, same random init
-
-    summary = controller.run()
-
-    trainer_weights = controller.trainer.fingerprint()
-    engine_weights = controller.rollout.fingerprints()[0]
+    with Controller(recipe, tmp_path / "run") as controller:
+        initial = controller.trainer.fingerprint()
+        assert controller.rollout.fingerprints()[0] == initial  # same seed, same random init
+        summary = controller.run()
+        trainer_weights = controller.trainer.fingerprint()
+        engine_weights = controller.rollout.fingerprints()[0]
+        versions = controller.rollout.policy_versions()
     changed = [name for name in initial if trainer_weights[name] != initial[name]]
     assert len(changed) > len(initial) // 2
     assert engine_weights == trainer_weights
-    assert controller.rollout.policy_versions() == [2] == [summary["policy_version"]]
+    assert versions == [2] == [summary["policy_version"]]
 
     records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "reward/mean" in r]
@@ -59,16 +59,13 @@ def test_trainer_logprobs_match_the_engine(ray_cluster, tmp_path, request):
         request.config.rootpath / "recipes/grpo_tiny_random.yaml",
         ["rollout.dtype=float32", "tracking.wandb=disabled", "algorithm.kl_coef=0"],
     )
-    controller = Controller(recipe, tmp_path / "parity")
-    controller.sync_weights()
-    problems = controller.sampler.next_batch(4)
-    prompts = [controller.prompt_ids(p) for p in problems]
-    from rlstack.types import Sample, SamplingParams
-
-    groups = controller.rollout.generate(prompts, SamplingParams(n=2, max_new_tokens=8, temperature=1.0, seed=5))
-    samples = [Sample(tuple(p), c, 0.0) for p, g in zip(prompts, groups, strict=True) for c in g]
-    shards = shard(samples, recipe.placement.num_trainer_ranks)
-    trainer = controller.trainer.compute_logprobs(shards)
+    with Controller(recipe, tmp_path / "parity") as controller:
+        controller.sync_weights()
+        prompts = [controller.prompt_ids(p) for p in controller.sampler.next_batch(4)]
+        groups = controller.rollout.generate(prompts, SamplingParams(n=2, max_new_tokens=8, temperature=1.0, seed=5))
+        samples = [Sample(tuple(p), c, 0.0) for p, g in zip(prompts, groups, strict=True) for c in g]
+        shards = shard(samples, recipe.placement.num_trainer_ranks)
+        trainer = controller.trainer.compute_logprobs(shards)
     for part, logprobs in zip(shards, trainer, strict=True):
         for sample, row in zip(part, logprobs, strict=True):
             assert row == pytest.approx(list(sample.completion.logprobs), abs=1e-4)
