@@ -19,13 +19,23 @@ from rlstack.memory import PeakMemory
 DASHBOARD_PORT = 8265
 
 
+def cluster_env() -> dict[str, str]:
+    """Environment for ``ray start`` and ``ray job submit``.
+
+    This interpreter's ``bin`` goes first on ``PATH``, so the job's ``python`` is the one
+    with rlstack's dependencies even when the virtualenv is not activated (as under make).
+    """
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "RAY_DISABLE_USAGE_STATS": "1", "RAY_AUTH_MODE": "token"}
+
+
 def run_demo(recipe: str, overrides: list[str], run_root: Path, setup_s: float) -> dict:
     start = time.perf_counter()
     models.resolve("smollm2")  # first use provisions the cache; counted as setup
     setup_s += time.perf_counter() - start
     name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = run_root.resolve() / name
-    env = {**os.environ, "RAY_DISABLE_USAGE_STATS": "1", "RAY_AUTH_MODE": "token"}
+    env = cluster_env()
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
     with PeakMemory() as memory:
         begin = time.perf_counter()

@@ -1,11 +1,12 @@
 """``ray job submit`` of a recipe against a ``ray start --head`` cluster, as a user runs it."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
+
+from rlstack.demo import cluster_env
 
 pytestmark = pytest.mark.e2e
 
@@ -17,7 +18,7 @@ def ray(*args: str, env: dict[str, str], **kwargs) -> subprocess.CompletedProces
 
 
 def test_ray_job_submit_runs_a_recipe_to_completion(tmp_path, request):
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_DISABLE_USAGE_STATS": "1"}
+    env = cluster_env()
     ray("start", "--head", "--num-cpus=2", "--port=6399", f"--dashboard-port={DASHBOARD_PORT}",
         "--include-dashboard=true", f"--object-store-memory={2**30}", env=env, check=True)  # fmt: skip
     try:
