@@ -32,7 +32,8 @@ demo:
 
 bench:
 	@start=$$(date +%s); $(MAKE) --no-print-directory venv; \
-	$(PY) -m rlstack.bench demo --setup-seconds $$(( $$(date +%s) - start ))
+	$(PY) -m rlstack.cli bench reward; \
+	$(PY) -m rlstack.cli bench demo --setup-seconds $$(( $$(date +%s) - start ))
 
 clean:
 	rm -rf $(VENV) runs

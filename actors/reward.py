@@ -1,18 +1,36 @@
-"""The reward pool: actors that run the recipe's reward function with a per-call timeout."""
+"""The reward pool: actors that run the recipe's reward functions, isolated from the trainer.
 
+A failed call — an exception, a timeout, NaN, a non-number, or the actor process dying —
+scores ``reward.error_score`` and counts in ``reward/<name>/errors``; the first traceback
+of each kind is logged. With ``reward.fail_fast`` the run stops instead.
+"""
+
+import asyncio
 import logging
-import math
+import queue
+import threading
+import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
-from reward.loader import load_reward
+from reward.api import is_async, is_batched, optional_keywords, to_score
+from reward.loader import instantiate, resolve
+from rlstack.config import PlacementSection, RewardFunction, RewardSection
 
 logger = logging.getLogger(__name__)
+
+MAX_THREADS = 64
+POLL_S = 0.02
+
+
+class RewardError(RuntimeError):
+    """A reward call failed and the recipe asked to stop (``reward.fail_fast``)."""
 
 
 @dataclass(frozen=True)
@@ -25,66 +43,268 @@ class ScoreRequest:
     """The user message it answers."""
     row: dict[str, Any]
     """The dataset row's fields, passed as keyword arguments."""
+    completion_tokens: int = 0
+    """Response length in tokens; passed to functions that name ``completion_tokens``."""
+    finish_reason: str = "stop"
+    """``stop`` or ``length``; passed to functions that name ``finish_reason``."""
+
+
+@dataclass
+class RewardResult:
+    """One reward function's scores for a list of requests."""
+
+    scores: list[float]
+    """One score per request; failures score ``error_score``."""
+    extras: dict[str, list[float]] = field(default_factory=dict)
+    """Numeric extras returned in dicts, by key, in the order the calls finished."""
+    errors: Counter[str] = field(default_factory=Counter)
+    """Failures by kind: ``exception``, ``timeout``, ``bad_value``, ``actor_died``."""
+    first_errors: dict[str, str] = field(default_factory=dict)
+    """The first traceback or message of each kind."""
+
+    def fail(self, index: int, kind: str, message: str, error_score: float) -> None:
+        self.scores[index] = error_score
+        self.errors[kind] += 1
+        self.first_errors.setdefault(kind, message)
+
+
+class DaemonThreadPool:
+    """Threads that never block interpreter exit, so a reward stuck forever cannot hang a shutdown.
+
+    ``concurrent.futures.ThreadPoolExecutor`` joins its threads at exit; a call that
+    never returns would keep the process alive. A stuck thread is replaced with
+    ``add_thread`` so the pool keeps its capacity.
+    """
+
+    def __init__(self, num_threads: int):
+        self.tasks: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple, dict]] = queue.SimpleQueue()
+        for _ in range(num_threads):
+            self.add_thread()
+
+    def add_thread(self) -> None:
+        threading.Thread(target=self._work, daemon=True).start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self.tasks.put((future, fn, args, kwargs))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            future, fn, args, kwargs = self.tasks.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # delivered to the caller through the future
+                future.set_exception(exc)
+
+
+class RewardWorker:
+    """Hosts reward functions; per-sample functions run in threads so calls overlap and can time out."""
+
+    def __init__(self, functions: list[RewardFunction], timeout_s: float, error_score: float):
+        self.rewards = [(f.metric_name, instantiate(resolve(f.fn, "reward.functions"), f.kwargs)) for f in functions]
+        self.timeout_s = timeout_s
+        self.error_score = error_score
+        self.pool = DaemonThreadPool(MAX_THREADS)
+
+    def score(self, requests: list[ScoreRequest]) -> dict[str, RewardResult]:
+        return {name: self._score_one(fn, requests) for name, fn in self.rewards}
+
+    def _score_one(self, fn: Callable[..., Any], requests: list[ScoreRequest]) -> RewardResult:
+        result = RewardResult(scores=[self.error_score] * len(requests))
+        if is_batched(fn):
+            self._run_batched(fn, requests, result)
+        elif is_async(fn):
+            self._run_async(fn, requests, result)
+        else:
+            self._run_threads(fn, requests, result)
+        return result
+
+    def _keywords(self, fn: Callable[..., Any], request: ScoreRequest) -> dict[str, Any]:
+        extra = {name: getattr(request, name) for name in optional_keywords(fn)}
+        return {"prompt": request.prompt, **request.row, **extra}
+
+    def _record(self, result: RewardResult, index: int, value: Any) -> None:
+        try:
+            score, extras = to_score(value)
+        except (TypeError, ValueError) as exc:
+            result.fail(index, "bad_value", str(exc), self.error_score)
+            return
+        result.scores[index] = score
+        for key, number in extras.items():
+            result.extras.setdefault(key, []).append(number)
+
+    def _run_threads(self, fn: Callable[..., Any], requests: list[ScoreRequest], result: RewardResult) -> None:
+        """Each call times out ``timeout_s`` after it started; a stuck thread is abandoned."""
+        started: dict[int, float] = {}
+
+        def call(index: int, request: ScoreRequest) -> Any:
+            started[index] = time.monotonic()
+            return fn(request.completion, **self._keywords(fn, request))
+
+        futures: dict[Future[Any], int] = {self.pool.submit(call, i, r): i for i, r in enumerate(requests)}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
+            for future in done:
+                index = futures[future]
+                error = future.exception()
+                if error is None:
+                    self._record(result, index, future.result())
+                else:
+                    message = "".join(traceback.format_exception(error))
+                    result.fail(index, "exception", message, self.error_score)
+            now = time.monotonic()
+            for future in [f for f in pending if now - started.get(futures[f], now) > self.timeout_s]:
+                pending.discard(future)
+                self.pool.add_thread()  # the abandoned call keeps its thread
+                result.fail(futures[future], "timeout", f"call timed out after {self.timeout_s}s", self.error_score)
+
+    def _run_async(self, fn: Callable[..., Any], requests: list[ScoreRequest], result: RewardResult) -> None:
+        async def gather() -> list[Any]:
+            calls = [
+                asyncio.wait_for(fn(r.completion, **self._keywords(fn, r)), timeout=self.timeout_s) for r in requests
+            ]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        for index, value in enumerate(asyncio.run(gather())):
+            if isinstance(value, TimeoutError):
+                result.fail(index, "timeout", f"call timed out after {self.timeout_s}s", self.error_score)
+            elif isinstance(value, BaseException):
+                result.fail(index, "exception", "".join(traceback.format_exception(value)), self.error_score)
+            else:
+                self._record(result, index, value)
+
+    def _run_batched(self, fn: Callable[..., Any], requests: list[ScoreRequest], result: RewardResult) -> None:
+        """One call for all requests, with one timeout; a failure fails every sample of the call."""
+        future = self.pool.submit(
+            fn,
+            [r.completion for r in requests],
+            prompts=[r.prompt for r in requests],
+            rows=[r.row for r in requests],
+        )
+        done, _ = wait([future], timeout=self.timeout_s)
+        if not done:
+            self.pool.add_thread()
+            for index in range(len(requests)):
+                result.fail(index, "timeout", f"batched call timed out after {self.timeout_s}s", self.error_score)
+            return
+        if future.exception() is not None:
+            message = "".join(traceback.format_exception(future.exception()))  # type: ignore[arg-type]
+            for index in range(len(requests)):
+                result.fail(index, "exception", message, self.error_score)
+            return
+        values = future.result()
+        if not isinstance(values, list) or len(values) != len(requests):
+            message = f"batched reward returned {type(values).__name__}; expected a list of {len(requests)} scores"
+            for index in range(len(requests)):
+                result.fail(index, "bad_value", message, self.error_score)
+            return
+        for index, value in enumerate(values):
+            self._record(result, index, value)
 
 
 @dataclass(frozen=True)
 class Scores:
-    """Rewards for a list of requests, with the failures counted."""
+    """The pool's answer for one list of requests."""
 
     rewards: list[float]
-    """One reward per request; a failed call scores 0."""
+    """Weighted sum of all reward functions, per request."""
+    by_function: dict[str, list[float]]
+    """Each function's own scores, by metric name."""
+    metrics: dict[str, float]
+    """``reward/<name>/mean``, ``reward/<name>/errors`` and the means of returned extras."""
     num_errors: int
-    """Calls that raised, timed out or returned a non-finite or non-number value."""
-    first_error: str | None
-    """The traceback or message of the first failure, for the log."""
-
-
-class RewardWorker:
-    """Calls the reward function in threads, so calls run concurrently and each can time out."""
-
-    def __init__(self, function: str, timeout_s: float, num_threads: int = 8):
-        self.fn = load_reward(function)
-        self.timeout_s = timeout_s
-        self.pool = ThreadPoolExecutor(max_workers=num_threads)
-
-    def score(self, requests: list[ScoreRequest]) -> Scores:
-        futures = [self.pool.submit(self.fn, r.completion, prompt=r.prompt, **r.row) for r in requests]
-        rewards, errors = [], []
-        for future in futures:
-            try:
-                value = future.result(timeout=self.timeout_s)
-                if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                    raise TypeError(f"reward returned {value!r}; expected a finite float")
-                rewards.append(float(value))
-            except FutureTimeout:
-                rewards.append(0.0)
-                errors.append(f"reward call timed out after {self.timeout_s}s")
-            except Exception:  # user code: any failure scores 0 and is counted
-                rewards.append(0.0)
-                errors.append(traceback.format_exc())
-        return Scores(rewards, len(errors), errors[0] if errors else None)
+    """Failed calls, all functions together."""
 
 
 class RewardPool:
-    """K reward actors; requests are split evenly and scored concurrently."""
+    """K shared reward actors, plus one actor per ``dedicated`` function.
 
-    def __init__(self, function: str, timeout_s: float, num_workers: int, num_cpus: float):
-        actor = ray.remote(RewardWorker).options(num_cpus=num_cpus, max_restarts=3, max_task_retries=1)
-        self.workers: list[Any] = [actor.remote(function, timeout_s) for _ in range(num_workers)]
+    Requests are split evenly over a group's actors and scored concurrently. Actors are
+    restarted by Ray if their process dies; the requests they held score as errors.
+    """
+
+    def __init__(self, section: RewardSection, placement: PlacementSection):
+        self.section = section
+        self.weights = {f.metric_name: f.weight for f in section.functions}
+        self.order = [f.metric_name for f in section.functions]
+        self.logged: set[tuple[str, str]] = set()
+        actor = ray.remote(RewardWorker)
+        shared = [f for f in section.functions if not f.dedicated]
+        self.groups: list[tuple[list[str], list[Any]]] = []
+        if shared:
+            options = actor.options(num_cpus=placement.reward_cpus, max_restarts=-1, max_task_retries=0)
+            workers = [
+                options.remote(shared, section.timeout_s, section.error_score)
+                for _ in range(placement.num_reward_workers)
+            ]
+            self.groups.append(([f.metric_name for f in shared], workers))
+        for f in section.functions:
+            if f.dedicated:
+                options = actor.options(num_cpus=f.num_cpus, num_gpus=f.num_gpus, max_restarts=-1, max_task_retries=0)
+                self.groups.append(([f.metric_name], [options.remote([f], section.timeout_s, section.error_score)]))
 
     def score(self, requests: list[ScoreRequest]) -> Scores:
-        chunk = -(-len(requests) // len(self.workers))
-        parts = [requests[i : i + chunk] for i in range(0, len(requests), chunk)]
-        results: list[Scores] = ray.get([w.score.remote(p) for w, p in zip(self.workers, parts, strict=False)])
-        first = next((r.first_error for r in results if r.first_error), None)
-        if first:
-            logger.warning("reward failures this step; first one:\n%s", first)
-        return Scores(
-            rewards=[x for r in results for x in r.rewards],
-            num_errors=sum(r.num_errors for r in results),
-            first_error=first,
-        )
+        calls = []
+        for names, workers in self.groups:
+            chunk = -(-len(requests) // len(workers))
+            for worker, start in zip(workers, range(0, len(requests), chunk), strict=False):
+                calls.append(
+                    (names, worker, start, start + chunk, worker.score.remote(requests[start : start + chunk]))
+                )
+        results = {name: RewardResult(scores=[self.section.error_score] * len(requests)) for name in self.order}
+        for names, worker, start, stop, ref in calls:
+            part = self._get(worker, ref, names, min(stop, len(requests)) - start)
+            for name, sub in part.items():
+                merged = results[name]
+                merged.scores[start : start + len(sub.scores)] = sub.scores
+                for key, values in sub.extras.items():
+                    merged.extras.setdefault(key, []).extend(values)
+                merged.errors.update(sub.errors)
+                for kind, message in sub.first_errors.items():
+                    merged.first_errors.setdefault(kind, message)
+        return self._summarize(results, len(requests))
+
+    def _get(self, worker: Any, ref: ray.ObjectRef, names: list[str], size: int) -> dict[str, RewardResult]:
+        """A worker's results; a dead or hung worker's requests all fail with ``actor_died``."""
+        deadline = self.section.timeout_s * 2 + 60  # worker-side timeouts fire long before this
+        try:
+            return ray.get(ref, timeout=deadline)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+            if isinstance(exc, ray.exceptions.GetTimeoutError):
+                ray.kill(worker, no_restart=False)
+            failed = {}
+            for name in names:
+                result = RewardResult(scores=[self.section.error_score] * size)
+                for index in range(size):
+                    result.fail(index, "actor_died", f"reward actor failed: {exc}", self.section.error_score)
+                failed[name] = result
+            return failed
+
+    def _summarize(self, results: dict[str, RewardResult], size: int) -> Scores:
+        metrics: dict[str, float] = {}
+        total = [0.0] * size
+        num_errors = 0
+        for name in self.order:
+            result = results[name]
+            total = [t + self.weights[name] * s for t, s in zip(total, result.scores, strict=True)]
+            metrics[f"reward/{name}/mean"] = sum(result.scores) / max(size, 1)
+            metrics[f"reward/{name}/errors"] = sum(result.errors.values())
+            for key, values in result.extras.items():
+                metrics[f"reward/{name}/{key}"] = sum(values) / len(values)
+            num_errors += sum(result.errors.values())
+            for kind, message in result.first_errors.items():
+                if self.section.fail_fast:
+                    raise RewardError(f"reward {name!r} failed ({kind}) and reward.fail_fast is set:\n{message}")
+                if (name, kind) not in self.logged:
+                    self.logged.add((name, kind))
+                    logger.warning("reward %r: first failure of kind %r:\n%s", name, kind, message)
+        return Scores(total, {n: results[n].scores for n in self.order}, metrics, num_errors)
 
     def shutdown(self) -> None:
-        for worker in self.workers:
-            ray.kill(worker)
+        for _, workers in self.groups:
+            for worker in workers:
+                ray.kill(worker, no_restart=True)

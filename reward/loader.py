@@ -1,36 +1,52 @@
-"""Resolve a recipe's reward name to a Python callable.
+"""Resolve a recipe's reward reference to a Python callable.
 
-Two forms: ``package.module:function`` (importable from the working directory or the
-environment) and ``path/to/file.py:function`` (a file, relative to the working
-directory, as shipped by ``ray job submit --working-dir``).
+Three forms: a registry name (``exact_match``, or one registered through the
+``rlstack.rewards`` entry points), ``package.module:function``, and
+``path/to/file.py:function`` (relative to the working directory, as shipped by
+``ray job submit --working-dir``). A reference may name a class, which is instantiated
+with the recipe's ``kwargs``; a function gets the ``kwargs`` bound.
 """
 
+import difflib
+import functools
 import importlib
 import importlib.util
-import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-RewardFn = Callable[..., float]
+from reward.registry import registered
 
 
-def load_reward(spec: str) -> RewardFn:
-    """Import the function named by ``spec``; ``ValueError`` names ``reward.function`` on failure."""
-    target, sep, attr = spec.rpartition(":")
-    if not sep or not target or not attr:
-        raise ValueError(f"reward.function={spec!r}: expected 'package.module:function' or 'path/to/file.py:function'")
+def resolve(spec: str, key: str = "reward") -> Callable[..., Any]:
+    """Import the object ``spec`` names; ``ValueError`` naming ``key`` and the reason on failure."""
+    if ":" not in spec:
+        names = registered()
+        if spec not in names:
+            close = difflib.get_close_matches(spec, list(names), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; registered: {sorted(names)}"
+            raise ValueError(f"{key}={spec!r} is not a registered reward{hint}")
+        spec = names[spec]
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise ValueError(f"{key}={spec!r}: expected a name, 'package.module:function' or 'path/to/file.py:function'")
     try:
         module = _import_file(target) if target.endswith(".py") else importlib.import_module(target)
     except Exception as exc:  # an import error in user code must name the recipe key
-        raise ValueError(f"reward.function={spec!r}: cannot import {target!r}: {exc}") from exc
+        raise ValueError(f"{key}={spec!r}: cannot import {target!r}: {type(exc).__name__}: {exc}") from exc
     fn = getattr(module, attr, None)
     if fn is None or not callable(fn):
-        raise ValueError(f"reward.function={spec!r}: {target!r} has no function {attr!r}")
-    if inspect.iscoroutinefunction(fn):
-        raise ValueError(f"reward.function={spec!r}: async rewards are not supported yet")
+        raise ValueError(f"{key}={spec!r}: {target!r} has no function {attr!r}")
     return fn
+
+
+def instantiate(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Callable[..., Any]:
+    """A class becomes an instance built from ``kwargs``; a function gets ``kwargs`` bound."""
+    if isinstance(fn, type):
+        return fn(**kwargs)
+    return functools.partial(fn, **kwargs) if kwargs else fn
 
 
 def _import_file(path: str) -> ModuleType:

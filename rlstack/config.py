@@ -10,10 +10,10 @@ Overrides use dotted paths, ``trainer.lr=2e-6``; the value is parsed as YAML, so
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 
 class RecipeError(ValueError):
@@ -75,11 +75,58 @@ class RolloutSection(Section):
         return self
 
 
+class RewardFunction(Section):
+    fn: str
+    """A registry name (``exact_match``), ``package.module:function`` or ``path/to/file.py:function``."""
+    name: str | None = None
+    """Metric name, ``reward/<name>/...``; defaults to the function's name."""
+    weight: float = 1.0
+    """Weight in the total reward, which is the weighted sum of all functions."""
+    kwargs: dict[str, Any] = {}
+    """Keyword arguments bound to the function, or passed to a reward class's constructor."""
+    dedicated: bool = False
+    """Run in an actor of its own (for model-based rewards) instead of the shared pool."""
+    num_cpus: float = 1.0
+    """Ray CPUs of the dedicated actor."""
+    num_gpus: float = 0.0
+    """Ray GPUs of the dedicated actor."""
+
+    @property
+    def metric_name(self) -> str:
+        return self.name or self.fn.rpartition(":")[2]
+
+
 class RewardSection(Section):
-    function: str = "reward.arithmetic:exact_match"
-    """``package.module:function`` or ``path/to/file.py:function``."""
+    functions: list[RewardFunction] = [RewardFunction(fn="exact_match")]
+    """Reward functions; a plain string is shorthand for ``{fn: <string>}``. The first one is the task's
+    correctness reward, whose score of 1 counts as correct in ``accuracy`` and held-out evaluation."""
     timeout_s: float = 10.0
-    """Per-call timeout; a call that runs longer scores 0 and counts as an error."""
+    """Per-call timeout, in seconds."""
+    error_score: float = 0.0
+    """Score of a call that raised, timed out, or returned NaN or a non-number."""
+    fail_fast: bool = False
+    """Stop the run at the first failed reward call instead of scoring it ``error_score``."""
+
+    @field_validator("functions", mode="before")
+    @classmethod
+    def _strings_are_function_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            return [{"fn": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> "RewardSection":
+        if not self.functions:
+            raise ValueError("reward.functions is empty: name at least one reward function")
+        names = [f.metric_name for f in self.functions]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"reward.functions: metric names {duplicates} repeat; give each a distinct 'name'")
+        if self.timeout_s <= 0:
+            raise ValueError(f"reward.timeout_s={self.timeout_s}: must be positive")
+        return self
 
 
 class AlgorithmSection(Section):
@@ -210,11 +257,16 @@ def apply_override(tree: dict[str, Any], override: str) -> None:
 
 
 def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys at ``loc``'s parent; list indices are skipped, ``list[Model]`` resolves to ``Model``."""
     model: type[BaseModel] = Recipe
     for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
         annotation = model.model_fields[part].annotation
-        assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
-        model = annotation
+        nested = [a for a in (annotation, *get_args(annotation)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
     return list(model.model_fields)
 
 

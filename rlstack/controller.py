@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import yaml
 
-from actors.reward import RewardPool, ScoreRequest
+from actors.reward import RewardPool, ScoreRequest, Scores
 from actors.rollout import RolloutGroup
 from actors.trainer import TrainerGroup
 from rlstack import models
@@ -46,12 +46,7 @@ class Controller:
         self.tokenizer = models.load_tokenizer(recipe.model.path)
         self.trainer = TrainerGroup(recipe)
         self.rollout = RolloutGroup(recipe)
-        self.rewards = RewardPool(
-            recipe.reward.function,
-            recipe.reward.timeout_s,
-            recipe.placement.num_reward_workers,
-            recipe.placement.reward_cpus,
-        )
+        self.rewards = RewardPool(recipe.reward, recipe.placement)
         self.policy_version = 0
         self.tracker = Tracker(recipe, run_dir, recipe.trainer.num_steps)
 
@@ -121,7 +116,9 @@ class Controller:
             with timed(metrics, "generate"):
                 groups = self.rollout.generate(prompts, params)
             with timed(metrics, "reward"):
-                rewards = self.score(problems, groups)  # [G, n]
+                scores = self.score(problems, groups)
+            rewards = torch.tensor(scores.rewards).view(len(groups), -1)  # [G, n]
+            correct = self.correct(scores).view(len(groups), -1)  # [G, n]
             advantages, adv_metrics = group_advantages(rewards, algo.normalize_std)
             keep = (
                 ~zero_variance_groups(rewards)
@@ -145,8 +142,9 @@ class Controller:
             {
                 "reward/mean": rewards.mean().item(),
                 "reward/std": rewards.std().item(),
-                "reward/errors": self.last_reward_errors,
-                "accuracy": (rewards >= 1.0).float().mean().item(),
+                **scores.metrics,
+                "reward/errors": scores.num_errors,
+                "accuracy": correct.float().mean().item(),
                 "response_length": generated / len(completions),
                 "truncated_fraction": sum(c.finish_reason == "length" for c in completions) / len(completions),
                 "zero_variance_fraction": adv_metrics["zero_variance_fraction"],
@@ -181,14 +179,18 @@ class Controller:
         versions = self.rollout.update_weights(self.policy_version, refs)
         assert all(v == self.policy_version for v in versions), versions
 
-    def score(self, problems: list[Problem], groups: list[list[Completion]]) -> torch.Tensor:
-        """``[G, n]`` rewards from the reward pool."""
+    def score(self, problems: list[Problem], groups: list[list[Completion]]) -> Scores:
+        """Rewards for every completion, flattened in group order."""
         requests = [
-            ScoreRequest(c.text, p.question, p.row()) for p, group in zip(problems, groups, strict=True) for c in group
+            ScoreRequest(c.text, p.question, p.row(), len(c.token_ids), c.finish_reason)
+            for p, group in zip(problems, groups, strict=True)
+            for c in group
         ]
-        scores = self.rewards.score(requests)
-        self.last_reward_errors = scores.num_errors
-        return torch.tensor(scores.rewards).view(len(groups), -1)
+        return self.rewards.score(requests)
+
+    def correct(self, scores: Scores) -> torch.Tensor:
+        """``[N]`` bool: the first (correctness) reward scored 1."""
+        return torch.tensor(scores.by_function[self.recipe.reward.functions[0].metric_name]) >= 1.0
 
     def evaluate(self) -> dict[str, float]:
         """Held-out accuracy: greedy, and sampled at T=1 with ``eval.num_samples`` per prompt."""
@@ -202,8 +204,8 @@ class Controller:
             ),
         )
         return {
-            "eval/greedy_accuracy": (self.score(self.held_out, greedy) >= 1.0).float().mean().item(),
-            "eval/sampled_accuracy": (self.score(self.held_out, sampled) >= 1.0).float().mean().item(),
+            "eval/greedy_accuracy": self.correct(self.score(self.held_out, greedy)).float().mean().item(),
+            "eval/sampled_accuracy": self.correct(self.score(self.held_out, sampled)).float().mean().item(),
         }
 
     def prompt_ids(self, problem: Problem) -> list[int]:

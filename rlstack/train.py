@@ -11,15 +11,16 @@ import sys
 import time
 from pathlib import Path
 
-from reward.loader import load_reward
+from reward.loader import resolve
 from rlstack import models
 from rlstack.config import Recipe, RecipeError, load_recipe
 
 
 def preflight(recipe: Recipe) -> None:
-    """Check what can be checked before starting actors: the model source and the reward import."""
+    """Check what can be checked before starting actors: the model source and the reward imports."""
     models.check_source(recipe.model.path)
-    load_reward(recipe.reward.function)
+    for index, function in enumerate(recipe.reward.functions):
+        resolve(function.fn, f"reward.functions.{index}.fn")
 
 
 def run_dir_for(recipe: Recipe) -> Path:

@@ -22,8 +22,10 @@ def train(*args: str) -> subprocess.CompletedProcess:
         ((TINY, "trainer.lrr=1"), "unknown key 'trainer.lrr'; did you mean 'trainer.lr'?"),
         ((TINY, "rollout.num_samples=eight"), "rollout.num_samples"),
         ((TINY, "model.path=/no/such/model"), "model.path='/no/such/model'"),
-        ((TINY, "reward.function=no_such_pkg.rewards:score"), "reward.function='no_such_pkg.rewards:score'"),
-        ((TINY, "reward.function=tests/assets/rewards.py:missing"), "has no function 'missing'"),
+        ((TINY, "reward.functions=[no_such_pkg.rewards:score]"), "reward.functions.0.fn='no_such_pkg.rewards:score'"),
+        ((TINY, "reward.functions=[tests/assets/rewards.py:missing]"), "has no function 'missing'"),
+        ((TINY, "reward.functions=[exact_mach]"), "did you mean 'exact_match'?"),
+        ((TINY, "reward.function=exact_match"), "unknown key 'reward.function'; did you mean 'reward.functions'?"),
         (("recipes/none.yaml",), "recipes/none.yaml"),
     ],
 )

@@ -1,4 +1,10 @@
-"""Rewards used by tests: they vary with any text, so a random model still gets a signal."""
+"""Rewards used by tests: well-behaved ones that vary with any text, and hostile ones."""
+
+import asyncio
+import os
+import time
+
+from rlstack import batched
 
 
 def distinct_characters(completion: str, *, prompt: str, **row: object) -> float:
@@ -6,20 +12,47 @@ def distinct_characters(completion: str, *, prompt: str, **row: object) -> float
     return min(len(set(completion)), 20) / 20
 
 
-def explode(completion: str, **row: object) -> float:
+def with_extras(completion: str, *, prompt: str, **row: object) -> dict:
+    return {"score": 1.0, "chars": len(completion), "label": "not logged"}
+
+
+def length_aware(completion: str, *, prompt: str, completion_tokens: int, finish_reason: str, **row: object) -> float:
+    return completion_tokens + (100 if finish_reason == "length" else 0)
+
+
+async def async_match(completion: str, *, prompt: str, answer: int, **row: object) -> float:
+    await asyncio.sleep(0.01)
+    return float(completion.strip() == str(answer))
+
+
+@batched
+def batched_length(completions: list[str], *, prompts: list[str], rows: list[dict]) -> list[float]:
+    return [float(len(c)) for c in completions]
+
+
+def raises(completion: str, **row: object) -> float:
     raise RuntimeError("reward bug")
 
 
-def not_a_number(completion: str, **row: object) -> float:
+def returns_nan(completion: str, **row: object) -> float:
     return float("nan")
 
 
-def wrong_type(completion: str, **row: object) -> str:
+def returns_string(completion: str, **row: object) -> str:
     return "high"
 
 
-def slow(completion: str, **row: object) -> float:
-    import time
+def sleeps_forever(completion: str, **row: object) -> float:
+    time.sleep(10**6)
+    return 1.0
 
-    time.sleep(5)
+
+async def async_sleeps_forever(completion: str, **row: object) -> float:
+    await asyncio.sleep(10**6)
+    return 1.0
+
+
+def kills_its_process(completion: str, **row: object) -> float:
+    if completion == "die":
+        os._exit(1)
     return 1.0

@@ -24,7 +24,7 @@ def test_two_grpo_steps_update_trainer_and_engine_to_the_same_version(ray_cluste
     recipe = load_recipe(
         request.config.rootpath / "recipes/grpo_tiny_random.yaml",
         [
-            f"reward.function={request.config.rootpath}/tests/assets/rewards.py:distinct_characters",
+            f"reward.functions=[{request.config.rootpath}/tests/assets/rewards.py:distinct_characters]",
             f"tracking.run_root={tmp_path}",
             "tracking.name=run",
             "rollout.dtype=float32",

@@ -26,6 +26,7 @@ def test_ray_job_submit_runs_a_recipe_to_completion(tmp_path, request):
             "job", "submit", f"--address=http://127.0.0.1:{DASHBOARD_PORT}", "--working-dir", ".",
             "--", "python", "-m", "rlstack.train", "recipes/grpo_tiny_random.yaml",
             f"tracking.run_root={tmp_path}", "tracking.name=job", "tracking.wandb=offline",
+            "reward.functions=[recipes/rewards/concise.py:concise_answer]",
             env=env, cwd=request.config.rootpath, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
     finally:
@@ -35,3 +36,5 @@ def test_ray_job_submit_runs_a_recipe_to_completion(tmp_path, request):
     assert summary["steps"] == 2 and summary["policy_version"] == 2
     assert '{"summary": ' in job.stdout
     assert (tmp_path / "job/wandb").is_dir()
+    steps = [json.loads(line) for line in (tmp_path / "job/metrics.jsonl").read_text().splitlines()]
+    assert all("reward/concise_answer/words" in s for s in steps if "reward/mean" in s)

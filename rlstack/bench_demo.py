@@ -26,8 +26,7 @@ def check_targets(figures: dict) -> dict[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rlstack bench", description=__doc__.splitlines()[0])
-    parser.add_argument("name", choices=["demo"])
+    parser = argparse.ArgumentParser(prog="rlstack bench demo", description=__doc__.splitlines()[0])
     parser.add_argument("--setup-seconds", type=float, default=0.0)
     parser.add_argument("--output", type=Path, default=Path("docs/results/grpo_demo_cpu.json"))
     args = parser.parse_args(argv)
