@@ -16,7 +16,7 @@ from rlstack.demo import run_demo
 TARGETS = {
     "sampled_accuracy_after": (">=", 0.80),
     "greedy_accuracy_after": (">=", 0.95),
-    "train_wall_s": ("<=", 20 * 60),
+    "wall_s": ("<=", 20 * 60),
     "peak_memory_gib": ("<=", 8.0),
 }
 

@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         preflight(recipe)
+        run_dir = run_dir_for(recipe)
+        if (run_dir / "metrics.jsonl").exists():
+            raise RecipeError(f"tracking.name: run directory {str(run_dir)!r} already holds a run; choose another name")
     except (RecipeError, ValueError) as exc:
         print(f"rlstack: error: {exc}", file=sys.stderr)
         return 2
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ray.init(include_dashboard=False, object_store_memory=2 * 2**30)
     try:
-        with Controller(recipe, run_dir_for(recipe)) as controller:
+        with Controller(recipe, run_dir) as controller:
             summary = controller.run()
     finally:
         ray.shutdown()

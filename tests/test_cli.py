@@ -30,7 +30,17 @@ def train(*args: str) -> subprocess.CompletedProcess:
     ],
 )
 def test_bad_input_exits_2_naming_the_key(args, message):
+    """Each one fails before Ray starts."""
     result = train(*args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Started a local Ray" not in result.stderr + result.stdout
+
+
+def test_an_existing_run_is_never_appended_to(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken/metrics.jsonl").write_text("{}\n")
+    result = train(TINY, f"tracking.run_root={tmp_path}", "tracking.name=taken")
+    assert result.returncode == 2
+    assert "already holds a run" in result.stderr
+    assert (tmp_path / "taken/metrics.jsonl").read_text() == "{}\n"
