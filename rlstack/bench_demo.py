@@ -4,13 +4,10 @@ Writes ``docs/results/grpo_demo_cpu.json`` and ends with one JSON line of the fi
 """
 
 import argparse
-import json
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
+from rlstack.bench_result import record_result
 from rlstack.demo import run_demo
 
 TARGETS = {
@@ -31,17 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("docs/results/grpo_demo_cpu.json"))
     args = parser.parse_args(argv)
     figures = run_demo("recipes/grpo_arith_smollm2.yaml", [], Path("runs"), args.setup_seconds)
-    record = {
-        "bench": "grpo_demo",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only",
-        "command": "make bench",
-        **figures,
-        "targets_met": check_targets(figures),
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record))
+    record_result("grpo_demo", "make bench", figures, check_targets(figures), args.output)
     return 0
 
 

@@ -10,7 +10,6 @@ Writes ``docs/results/reward_pool_cpu.json`` and ends with one JSON line of the 
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -20,6 +19,7 @@ import ray
 
 from actors.reward import RewardPool, ScoreRequest
 from reward.arithmetic import exact_match
+from rlstack.bench_result import record_result
 from rlstack.config import PlacementSection, RewardFunction, RewardSection
 
 HUNG = "tests/assets/rewards.py:sleeps_forever"
@@ -76,20 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         figures = measure(args.num_samples, args.num_workers, args.timeout_s)
     finally:
         ray.shutdown()
-    record = {
-        "bench": "reward_pool",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} cores, CPU only",
-        "command": "rlstack bench reward",
-        **figures,
-        "targets_met": {
-            "pool_samples_per_s>=5000": figures["pool_samples_per_s"] >= 5000,
-            "hung_call_cost<=0.5s": figures["hung_call_cost_over_timeout_s"] <= 0.5,
-        },
+    targets_met = {
+        "pool_samples_per_s>=5000": figures["pool_samples_per_s"] >= 5000,
+        "hung_call_cost<=0.5s": figures["hung_call_cost_over_timeout_s"] <= 0.5,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record))
+    record_result("reward_pool", "rlstack bench reward", figures, targets_met, args.output)
     return 0
 
 

@@ -79,7 +79,7 @@ class HFEngine:
             do_sample=not greedy,
             temperature=1.0,
             top_p=1.0,
-            top_k=0,
+            top_k=None if greedy else 0,
             max_new_tokens=params.max_new_tokens,
             num_return_sequences=params.n,
             logits_processor=processors,
