@@ -29,6 +29,15 @@ def cluster_env() -> dict[str, str]:
     return {**os.environ, "PATH": path, "RAY_DISABLE_USAGE_STATS": "1", "RAY_AUTH_MODE": "token"}
 
 
+RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]
+
+
+def start_head(env: dict[str, str], *args: str) -> None:
+    """``ray start --head`` with token authentication; creates ``~/.ray/auth_token`` on a fresh machine."""
+    subprocess.run([*RAY_CLI, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    subprocess.run([*RAY_CLI, "start", "--head", *args], env=env, check=True)
+
+
 def run_demo(recipe: str, overrides: list[str], run_root: Path, setup_s: float) -> dict:
     start = time.perf_counter()
     models.resolve("smollm2")  # first use provisions the cache; counted as setup
@@ -36,23 +45,21 @@ def run_demo(recipe: str, overrides: list[str], run_root: Path, setup_s: float) 
     name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = run_root.resolve() / name
     env = cluster_env()
-    ray = [sys.executable, "-m", "ray.scripts.scripts"]
     with PeakMemory() as memory:
         begin = time.perf_counter()
-        subprocess.run(
-            [*ray, "start", "--head", f"--num-cpus={os.cpu_count()}", f"--object-store-memory={2 * 2**30}",
-             "--include-dashboard=true", f"--dashboard-port={DASHBOARD_PORT}"],
-            check=True, env=env,
+        start_head(
+            env, f"--num-cpus={os.cpu_count()}", f"--object-store-memory={2 * 2**30}",
+            "--include-dashboard=true", f"--dashboard-port={DASHBOARD_PORT}",
         )  # fmt: skip
         try:
             job = subprocess.run(
-                [*ray, "job", "submit", f"--address=http://127.0.0.1:{DASHBOARD_PORT}", "--working-dir", ".",
+                [*RAY_CLI, "job", "submit", f"--address=http://127.0.0.1:{DASHBOARD_PORT}", "--working-dir", ".",
                  "--", "python", "-m", "rlstack.train", recipe, f"tracking.run_root={run_root.resolve()}",
                  f"tracking.name={name}", *overrides],
                 env=env,
             )  # fmt: skip
         finally:
-            subprocess.run([*ray, "stop", "--force"], env=env, check=False)
+            subprocess.run([*RAY_CLI, "stop", "--force"], env=env, check=False)
         wall_s = time.perf_counter() - begin
     if job.returncode != 0:
         raise SystemExit(f"rlstack demo: the training job failed with exit code {job.returncode}")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from rlstack.demo import cluster_env
+from rlstack.demo import cluster_env, start_head
 
 pytestmark = pytest.mark.e2e
 
@@ -19,8 +19,8 @@ def ray(*args: str, env: dict[str, str], **kwargs) -> subprocess.CompletedProces
 
 def test_ray_job_submit_runs_a_recipe_to_completion(tmp_path, request):
     env = cluster_env()
-    ray("start", "--head", "--num-cpus=2", "--port=6399", f"--dashboard-port={DASHBOARD_PORT}",
-        "--include-dashboard=true", f"--object-store-memory={2**30}", env=env, check=True)  # fmt: skip
+    start_head(env, "--num-cpus=2", "--port=6399", f"--dashboard-port={DASHBOARD_PORT}",
+               "--include-dashboard=true", f"--object-store-memory={2**30}")  # fmt: skip
     try:
         job = ray(
             "job", "submit", f"--address=http://127.0.0.1:{DASHBOARD_PORT}", "--working-dir", ".",
