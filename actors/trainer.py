@@ -11,7 +11,14 @@ import torch
 import torch.distributed as dist
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+from safetensors.torch import load_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
@@ -211,6 +218,19 @@ class TrainerWorker:
     def fingerprint(self) -> dict[str, float]:
         return models.fingerprint(self.model)
 
+    def load(self, path: str) -> None:
+        """Continue from a checkpoint written by ``save``: weights, optimizer, scheduler and RNG."""
+        files = sorted(Path(path).glob("*.safetensors"))
+        weights: dict[str, Any] = {name: tensor for file in files for name, tensor in load_file(file).items()}
+        options = StateDictOptions(full_state_dict=True, strict=False)  # tied lm_head is saved once
+        set_model_state_dict(self.model, weights, options=options)
+        state = torch.load(Path(path) / "trainer_state.pt", weights_only=False)
+        if "optimizer" in state:
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=options)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.num_optimizer_steps = state["num_optimizer_steps"]
+        torch.set_rng_state(state["rng"])
+
     def save(self, path: str, optimizer: bool) -> None:
         """HF safetensors and tokenizer in ``path``, plus optimizer and trainer state."""
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -274,6 +294,9 @@ class TrainerGroup:
 
     def save(self, path: str, optimizer: bool) -> None:
         ray.get([w.save.remote(path, optimizer) for w in self.workers])
+
+    def load(self, path: str) -> None:
+        ray.get([w.load.remote(path) for w in self.workers])
 
     def shutdown(self) -> None:
         for worker in self.workers:

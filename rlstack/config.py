@@ -218,6 +218,9 @@ class CheckpointSection(Section):
     """Save after the last step."""
     optimizer: bool = True
     """Include the optimizer state."""
+    resume_from: str | None = None
+    """A checkpoint directory (``<run>/checkpoints/step_<k>``) to continue from: weights, optimizer,
+    LR schedule, step, policy version and data order. Training runs on to ``trainer.num_steps``."""
 
 
 class EvalSection(Section):

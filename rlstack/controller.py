@@ -16,7 +16,7 @@ from actors.trainer import TrainerGroup
 from rlstack import models
 from rlstack.algorithms import group_advantages
 from rlstack.algorithms.advantages import zero_variance_groups
-from rlstack.checkpoint import save_checkpoint
+from rlstack.checkpoint import checkpoint_dir, load_controller_state, save_checkpoint
 from rlstack.config import Recipe
 from rlstack.data.arithmetic import Problem, PromptSampler, make_splits
 from rlstack.data.batching import shard
@@ -48,6 +48,9 @@ class Controller:
         self.rollout = RolloutGroup(recipe)
         self.rewards = RewardPool(recipe.reward, recipe.placement)
         self.policy_version = 0
+        self.start_step = 0
+        if recipe.checkpoint.resume_from:
+            self.resume(recipe.checkpoint.resume_from)
         self.tracker = Tracker(recipe, run_dir, recipe.trainer.num_steps)
 
     def __enter__(self) -> "Controller":
@@ -64,25 +67,23 @@ class Controller:
         start = time.time()
         self.sync_weights()
         before = self.evaluate()
-        self.tracker.log(0, before)
+        self.tracker.log(self.start_step, before)
         after = before
-        for step in range(1, self.recipe.trainer.num_steps + 1):
+        evaluated, checkpoint = self.start_step, None
+        for step in range(self.start_step + 1, self.recipe.trainer.num_steps + 1):
             metrics = self.step(step)
             if self.recipe.eval.every_steps and step % self.recipe.eval.every_steps == 0:
-                after = self.evaluate()
+                after, evaluated = self.evaluate(), step
                 metrics.update(after)
             self.tracker.log(step, metrics)
             if self.recipe.checkpoint.every_steps and step % self.recipe.checkpoint.every_steps == 0:
-                save_checkpoint(self.trainer, self.recipe, self.run_dir, step)
+                checkpoint = save_checkpoint(self.trainer, self.recipe, self.run_dir, step, self.state(step))
         num_steps = self.recipe.trainer.num_steps
-        if not self.recipe.eval.every_steps or num_steps % self.recipe.eval.every_steps:
+        if evaluated != num_steps:
             after = self.evaluate()
             self.tracker.log(num_steps, after)
-        checkpoint = (
-            save_checkpoint(self.trainer, self.recipe, self.run_dir, num_steps)
-            if self.recipe.checkpoint.at_end
-            else None
-        )
+        if self.recipe.checkpoint.at_end and checkpoint != checkpoint_dir(self.run_dir, num_steps):
+            checkpoint = save_checkpoint(self.trainer, self.recipe, self.run_dir, num_steps, self.state(num_steps))
         self.tracker.close()
         plot_run(self.run_dir / "metrics.jsonl", self.run_dir / "plot.png")
         summary = {
@@ -98,6 +99,17 @@ class Controller:
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    def state(self, step: int) -> dict[str, Any]:
+        """What a checkpoint needs besides the trainer's own state, to continue exactly."""
+        return {"step": step, "policy_version": self.policy_version, "sampler": self.sampler.state()}
+
+    def resume(self, path: str) -> None:
+        state = load_controller_state(path)
+        self.trainer.load(path)
+        self.start_step = state["step"]
+        self.policy_version = state["policy_version"]
+        self.sampler.load_state(state["sampler"])
 
     def step(self, step: int) -> dict[str, Any]:
         """One GRPO step; returns its metrics."""

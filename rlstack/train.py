@@ -13,6 +13,7 @@ from pathlib import Path
 
 from reward.loader import resolve
 from rlstack import models
+from rlstack.checkpoint import check_resumable
 from rlstack.config import Recipe, RecipeError, load_recipe
 
 
@@ -21,6 +22,8 @@ def preflight(recipe: Recipe) -> None:
     models.check_source(recipe.model.path)
     for index, function in enumerate(recipe.reward.functions):
         resolve(function.fn, f"reward.functions.{index}.fn")
+    if recipe.checkpoint.resume_from:
+        check_resumable(recipe.checkpoint.resume_from)
 
 
 def run_dir_for(recipe: Recipe) -> Path:

@@ -27,6 +27,7 @@ def train(*args: str) -> subprocess.CompletedProcess:
         ((TINY, "reward.functions=[exact_mach]"), "did you mean 'exact_match'?"),
         ((TINY, "reward.function=exact_match"), "unknown key 'reward.function'; did you mean 'reward.functions'?"),
         (("recipes/none.yaml",), "recipes/none.yaml"),
+        ((TINY, "checkpoint.resume_from=/no/checkpoint"), "checkpoint.resume_from='/no/checkpoint' is not an rlstack"),
     ],
 )
 def test_bad_input_exits_2_naming_the_key(args, message):

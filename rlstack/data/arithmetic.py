@@ -68,6 +68,13 @@ class PromptSampler:
         self.epoch = 0
         self.order: list[int] = []
 
+    def state(self) -> dict[str, Any]:
+        """Where the sampler is: enough to continue with the next unseen problem."""
+        return {"epoch": self.epoch, "order": list(self.order)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.epoch, self.order = state["epoch"], list(state["order"])
+
     def next_batch(self, size: int) -> list[Problem]:
         batch: list[Problem] = []
         while len(batch) < size:

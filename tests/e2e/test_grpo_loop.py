@@ -69,3 +69,28 @@ def test_trainer_logprobs_match_the_engine(ray_cluster, tmp_path, request):
     for part, logprobs in zip(shards, trainer, strict=True):
         for sample, row in zip(part, logprobs, strict=True):
             assert row == pytest.approx(list(sample.completion.logprobs), abs=1e-4)
+
+
+def test_resuming_from_a_checkpoint_continues_exactly(ray_cluster, tmp_path, request):
+    recipe_file = request.config.rootpath / "recipes/grpo_tiny_random.yaml"
+    common = [
+        f"reward.functions=[{request.config.rootpath}/tests/assets/rewards.py:distinct_characters]",
+        f"tracking.run_root={tmp_path}",
+        "tracking.wandb=disabled",
+        "rollout.dtype=float32",
+        "trainer.num_steps=3",
+        "checkpoint.every_steps=1",
+    ]
+    with Controller(load_recipe(recipe_file, common), tmp_path / "straight") as controller:
+        controller.run()
+        straight = controller.trainer.fingerprint()
+    resumed_recipe = load_recipe(
+        recipe_file, [*common, f"checkpoint.resume_from={tmp_path}/straight/checkpoints/step_1"]
+    )
+    with Controller(resumed_recipe, tmp_path / "resumed") as controller:
+        summary = controller.run()
+        resumed = controller.trainer.fingerprint()
+    assert resumed == straight
+    assert summary["policy_version"] == 3
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()]
+    assert steps[0] == 1 and 2 in steps and 1 not in steps[1:]
