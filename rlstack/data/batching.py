@@ -4,7 +4,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from rlstack.types import Completion, Sample
+from rlstack.types import Sample
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,3 @@ def micro_batches(samples: list[Sample], token_budget: int) -> list[list[Sample]
     if current:
         groups.append(current)
     return groups
-
-
-def completion_tokens(completions: list[Completion]) -> int:
-    return sum(len(c.token_ids) for c in completions)
