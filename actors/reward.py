@@ -67,6 +67,19 @@ class RewardResult:
         self.errors[kind] += 1
         self.first_errors.setdefault(kind, message)
 
+    def fail_all(self, kind: str, message: str, error_score: float) -> None:
+        for index in range(len(self.scores)):
+            self.fail(index, kind, message, error_score)
+
+    def merge_at(self, start: int, part: "RewardResult") -> None:
+        """Take ``part``'s results for the requests ``start, start + 1, ...``."""
+        self.scores[start : start + len(part.scores)] = part.scores
+        for key, values in part.extras.items():
+            self.extras.setdefault(key, []).extend(values)
+        self.errors.update(part.errors)
+        for kind, message in part.first_errors.items():
+            self.first_errors.setdefault(kind, message)
+
 
 class DaemonThreadPool:
     """Threads that never block interpreter exit, so a reward stuck forever cannot hang a shutdown.
@@ -105,25 +118,28 @@ class RewardWorker:
 
     def __init__(self, functions: list[RewardFunction], timeout_s: float, error_score: float):
         self.rewards = [(f.metric_name, instantiate(resolve(f.fn, "reward.functions"), f.kwargs)) for f in functions]
+        self.keywords = {name: optional_keywords(fn) for name, fn in self.rewards}  # inspected once, not per call
         self.timeout_s = timeout_s
         self.error_score = error_score
         self.pool = DaemonThreadPool(MAX_THREADS)
 
     def score(self, requests: list[ScoreRequest]) -> dict[str, RewardResult]:
-        return {name: self._score_one(fn, requests) for name, fn in self.rewards}
+        return {name: self._score_one(name, fn, requests) for name, fn in self.rewards}
 
-    def _score_one(self, fn: Callable[..., Any], requests: list[ScoreRequest]) -> RewardResult:
+    def _score_one(self, name: str, fn: Callable[..., Any], requests: list[ScoreRequest]) -> RewardResult:
         result = RewardResult(scores=[self.error_score] * len(requests))
         if is_batched(fn):
             self._run_batched(fn, requests, result)
-        elif is_async(fn):
-            self._run_async(fn, requests, result)
+            return result
+        calls = [(request.completion, self._keywords(name, request)) for request in requests]
+        if is_async(fn):
+            self._run_async(fn, calls, result)
         else:
-            self._run_threads(fn, requests, result)
+            self._run_threads(fn, calls, result)
         return result
 
-    def _keywords(self, fn: Callable[..., Any], request: ScoreRequest) -> dict[str, Any]:
-        extra = {name: getattr(request, name) for name in optional_keywords(fn)}
+    def _keywords(self, name: str, request: ScoreRequest) -> dict[str, Any]:
+        extra = {keyword: getattr(request, keyword) for keyword in self.keywords[name]}
         return {"prompt": request.prompt, **request.row, **extra}
 
     def _record(self, result: RewardResult, index: int, value: Any) -> None:
@@ -136,15 +152,15 @@ class RewardWorker:
         for key, number in extras.items():
             result.extras.setdefault(key, []).append(number)
 
-    def _run_threads(self, fn: Callable[..., Any], requests: list[ScoreRequest], result: RewardResult) -> None:
+    def _run_threads(self, fn: Callable[..., Any], calls: list[tuple[str, dict]], result: RewardResult) -> None:
         """Each call times out ``timeout_s`` after it started; a stuck thread is abandoned."""
         started: dict[int, float] = {}
 
-        def call(index: int, request: ScoreRequest) -> Any:
+        def call(index: int, completion: str, keywords: dict[str, Any]) -> Any:
             started[index] = time.monotonic()
-            return fn(request.completion, **self._keywords(fn, request))
+            return fn(completion, **keywords)
 
-        futures: dict[Future[Any], int] = {self.pool.submit(call, i, r): i for i, r in enumerate(requests)}
+        futures: dict[Future[Any], int] = {self.pool.submit(call, i, *c): i for i, c in enumerate(calls)}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
@@ -162,12 +178,12 @@ class RewardWorker:
                 self.pool.add_thread()  # the abandoned call keeps its thread
                 result.fail(futures[future], "timeout", f"call timed out after {self.timeout_s}s", self.error_score)
 
-    def _run_async(self, fn: Callable[..., Any], requests: list[ScoreRequest], result: RewardResult) -> None:
+    def _run_async(self, fn: Callable[..., Any], calls: list[tuple[str, dict]], result: RewardResult) -> None:
         async def gather() -> list[Any]:
-            calls = [
-                asyncio.wait_for(fn(r.completion, **self._keywords(fn, r)), timeout=self.timeout_s) for r in requests
+            waits = [
+                asyncio.wait_for(fn(completion, **keywords), timeout=self.timeout_s) for completion, keywords in calls
             ]
-            return await asyncio.gather(*calls, return_exceptions=True)
+            return await asyncio.gather(*waits, return_exceptions=True)
 
         for index, value in enumerate(asyncio.run(gather())):
             if isinstance(value, TimeoutError):
@@ -188,19 +204,16 @@ class RewardWorker:
         done, _ = wait([future], timeout=self.timeout_s)
         if not done:
             self.pool.add_thread()
-            for index in range(len(requests)):
-                result.fail(index, "timeout", f"batched call timed out after {self.timeout_s}s", self.error_score)
+            result.fail_all("timeout", f"batched call timed out after {self.timeout_s}s", self.error_score)
             return
         if future.exception() is not None:
             message = "".join(traceback.format_exception(future.exception()))  # type: ignore[arg-type]
-            for index in range(len(requests)):
-                result.fail(index, "exception", message, self.error_score)
+            result.fail_all("exception", message, self.error_score)
             return
         values = future.result()
         if not isinstance(values, list) or len(values) != len(requests):
             message = f"batched reward returned {type(values).__name__}; expected a list of {len(requests)} scores"
-            for index in range(len(requests)):
-                result.fail(index, "bad_value", message, self.error_score)
+            result.fail_all("bad_value", message, self.error_score)
             return
         for index, value in enumerate(values):
             self._record(result, index, value)
@@ -259,13 +272,7 @@ class RewardPool:
         for names, worker, start, stop, ref in calls:
             part = self._get(worker, ref, names, min(stop, len(requests)) - start)
             for name, sub in part.items():
-                merged = results[name]
-                merged.scores[start : start + len(sub.scores)] = sub.scores
-                for key, values in sub.extras.items():
-                    merged.extras.setdefault(key, []).extend(values)
-                merged.errors.update(sub.errors)
-                for kind, message in sub.first_errors.items():
-                    merged.first_errors.setdefault(kind, message)
+                results[name].merge_at(start, sub)
         return self._summarize(results, len(requests))
 
     def _get(self, worker: Any, ref: ray.ObjectRef, names: list[str], size: int) -> dict[str, RewardResult]:
@@ -276,12 +283,9 @@ class RewardPool:
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
             if isinstance(exc, ray.exceptions.GetTimeoutError):
                 ray.kill(worker, no_restart=False)
-            failed = {}
-            for name in names:
-                result = RewardResult(scores=[self.section.error_score] * size)
-                for index in range(size):
-                    result.fail(index, "actor_died", f"reward actor failed: {exc}", self.section.error_score)
-                failed[name] = result
+            failed = {name: RewardResult(scores=[self.section.error_score] * size) for name in names}
+            for result in failed.values():
+                result.fail_all("actor_died", f"reward actor failed: {exc}", self.section.error_score)
             return failed
 
     def _summarize(self, results: dict[str, RewardResult], size: int) -> Scores:

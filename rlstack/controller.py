@@ -130,7 +130,7 @@ class Controller:
             with timed(metrics, "reward"):
                 scores = self.score(problems, groups)
             rewards = torch.tensor(scores.rewards).view(len(groups), -1)  # [G, n]
-            correct = self.correct(scores).view(len(groups), -1)  # [G, n]
+            correct = self.correct(scores)  # [G * n]
             advantages, adv_metrics = group_advantages(rewards, algo.normalize_std)
             keep = (
                 ~zero_variance_groups(rewards)

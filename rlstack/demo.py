@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rlstack import models
 from rlstack.memory import PeakMemory
+from rlstack.train import LOCAL_OBJECT_STORE_BYTES
 
 DASHBOARD_PORT = 8265
 
@@ -48,7 +49,7 @@ def run_demo(recipe: str, overrides: list[str], run_root: Path, setup_s: float) 
     with PeakMemory() as memory:
         begin = time.perf_counter()
         start_head(
-            env, f"--num-cpus={os.cpu_count()}", f"--object-store-memory={2 * 2**30}",
+            env, f"--num-cpus={os.cpu_count()}", f"--object-store-memory={LOCAL_OBJECT_STORE_BYTES}",
             "--include-dashboard=true", f"--dashboard-port={DASHBOARD_PORT}",
         )  # fmt: skip
         try:

@@ -16,6 +16,9 @@ from rlstack import models
 from rlstack.checkpoint import check_resumable
 from rlstack.config import Recipe, RecipeError, load_recipe
 
+LOCAL_OBJECT_STORE_BYTES = 2 * 2**30
+"""Object store of a Ray started here: room for a full weight sync of a 1 B model in bf16."""
+
 
 def preflight(recipe: Recipe) -> None:
     """Check what can be checked before starting actors: the model source and the reward imports."""
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if "RAY_ADDRESS" in os.environ:
         ray.init()
     else:
-        ray.init(include_dashboard=False, object_store_memory=2 * 2**30)
+        ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
     try:
         with Controller(recipe, run_dir) as controller:
             summary = controller.run()

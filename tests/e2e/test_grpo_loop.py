@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import ray
 
 from rlstack.config import load_recipe
 from rlstack.controller import Controller
@@ -11,13 +10,6 @@ from rlstack.data.batching import shard
 from rlstack.types import Sample, SamplingParams
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=2**30)
-    yield
-    ray.shutdown()
 
 
 def test_two_grpo_steps_update_trainer_and_engine_to_the_same_version(ray_cluster, tmp_path, request):

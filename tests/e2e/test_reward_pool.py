@@ -1,7 +1,6 @@
 """The reward pool on a real local Ray: weighted sums, dead actors, fail-fast, a model-based reward."""
 
 import pytest
-import ray
 import torch
 from transformers import LlamaForSequenceClassification
 
@@ -11,18 +10,6 @@ from rlstack.config import PlacementSection, RewardSection
 
 pytestmark = pytest.mark.e2e
 ASSETS = "tests/assets/rewards.py"
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(request):
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=2**30,
-        runtime_env={"working_dir": str(request.config.rootpath), "excludes": [".venv", "runs", ".git"]},
-    )
-    yield
-    ray.shutdown()
 
 
 def pool(functions: list, num_workers: int = 2, **section) -> RewardPool:
