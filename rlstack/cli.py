@@ -2,6 +2,7 @@
 
 Commands:
   rlstack train RECIPE [key.path=value ...]   train with a local Ray (or the one in RAY_ADDRESS)
+  rlstack data inspect FILE [--recipe R]      row count, prompt lengths and reward fields of a data file
   rlstack demo [--setup-seconds S]            the embedded GRPO recipe via ray job submit
   rlstack bench demo                          the demo, its figures written to docs/results/
   rlstack bench reward                        reward-pool throughput and the cost of a hung call
@@ -12,6 +13,7 @@ import sys
 
 COMMANDS = {
     ("train",): "rlstack.train",
+    ("data", "inspect"): "rlstack.inspect_data",
     ("demo",): "rlstack.demo",
     ("bench", "demo"): "rlstack.bench_demo",
     ("bench", "reward"): "rlstack.bench_reward",

@@ -9,6 +9,7 @@ Overrides use dotted paths, ``trainer.lr=2e-6``; the value is parsed as YAML, so
 """
 
 import difflib
+import string
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -32,20 +33,67 @@ class ModelSection(Section):
 
 
 class DataSection(Section):
+    """Training and held-out prompts: a local file, or the built-in arithmetic task when ``path`` is unset."""
+
+    path: str | None = None
+    """Prompts from a ``.jsonl`` file, a ``.parquet`` file or a ``datasets.save_to_disk`` directory;
+    ``None`` uses the built-in ``task``."""
+    split: str = "train"
+    """Split to train on when ``path`` is a saved ``DatasetDict``."""
+    eval_path: str | None = None
+    """Held-out prompts from a second source of the same kinds."""
+    eval_split: str | None = None
+    """Held-out split of a saved ``DatasetDict`` (of ``eval_path``, else of ``path``), e.g. ``test``."""
+    eval_fraction: float = 0.05
+    """Share of ``path``'s rows held out when neither ``eval_path`` nor ``eval_split`` is set."""
+    prompt_key: str = "prompt"
+    """Field holding the prompt: text, or chat messages ``[{"role", "content"}]``. Dots reach into nested
+    fields."""
+    prompt_template: str | None = None
+    """User message built from the row's fields, e.g. ``"{question} End with '#### N'."``; replaces
+    ``prompt_key``."""
+    answer_key: str | None = "answer"
+    """Field passed to rewards as ``answer``, e.g. ``reward_model.ground_truth``; ``None`` passes none. The row's
+    other fields are passed under their own names."""
+    shuffle: bool = True
+    """Shuffle the split and each epoch's order (from ``seed``); ``false`` keeps file order."""
+    max_rows: int | None = None
+    """Read at most this many rows of each file."""
+    max_prompt_tokens: int = 1024
+    """Prompts longer than this, after the chat template, are left out and counted."""
+    skip_malformed: bool = False
+    """Skip and count malformed rows (bad JSON, missing keys) instead of failing on the first one."""
     task: Literal["arithmetic"] = "arithmetic"
-    """The built-in synthetic task."""
+    """The built-in synthetic task, used when ``path`` is unset."""
     digits: int = 1
-    """Digits per operand: 1 means operands 0..9, 2 means 10..99."""
+    """Arithmetic: digits per operand; 1 means operands 0..9, 2 means 10..99."""
     operator: Literal["+", "-", "*"] = "+"
-    """The arithmetic operator."""
-    num_eval: int = 50
-    """Held-out problems, disjoint from the training problems."""
+    """Arithmetic: the operator."""
     num_train: int = 10000
-    """Training problems (capped by how many distinct problems exist)."""
+    """Arithmetic: training problems (capped by how many distinct problems exist)."""
+    num_eval: int = 50
+    """Held-out prompts evaluated: the arithmetic task's held-out split, or a cap on a file's."""
     seed: int = 0
-    """Seed for problem generation, the split and prompt order."""
+    """Seed for the split and the prompt order (and arithmetic problem generation)."""
     system_prompt: str | None = None
-    """System message; ``None`` keeps the chat template's default."""
+    """System message put before chats without one; ``None`` keeps the chat template's default."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataSection":
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError(f"data.eval_fraction={self.eval_fraction}: must be in [0, 1)")
+        for key in ("max_rows", "max_prompt_tokens", "num_eval"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"data.{key}={value}: must be at least 1")
+        if self.path is not None and self.eval_path is None and self.eval_split is None and not self.eval_fraction:
+            raise ValueError("data: no held-out prompts; set data.eval_path, data.eval_split or data.eval_fraction > 0")
+        if self.prompt_template is not None:
+            try:
+                list(string.Formatter().parse(self.prompt_template))
+            except ValueError as exc:
+                raise ValueError(f"data.prompt_template={self.prompt_template!r}: {exc}") from None
+        return self
 
 
 class RolloutSection(Section):

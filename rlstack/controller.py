@@ -18,9 +18,10 @@ from rlstack.algorithms import group_advantages
 from rlstack.algorithms.advantages import zero_variance_groups
 from rlstack.checkpoint import checkpoint_dir, load_controller_state, save_checkpoint
 from rlstack.config import Recipe
-from rlstack.data.arithmetic import Problem, PromptSampler, make_splits
 from rlstack.data.batching import shard
 from rlstack.data.chat import render_prompt
+from rlstack.data.dataset import PromptData, load_prompt_data
+from rlstack.data.prompts import Prompt, PromptSampler
 from rlstack.tracking import Tracker, plot_run
 from rlstack.types import Completion, Sample, SamplingParams, TrainBatch
 
@@ -35,15 +36,16 @@ def timed(metrics: dict[str, Any], name: str) -> Iterator[None]:
 class Controller:
     """Owns the three groups and runs GRPO on them. Holds no math and no engine code."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path):
+    def __init__(self, recipe: Recipe, run_dir: Path, data: PromptData | None = None):
+        """``data`` defaults to loading ``recipe.data``; pass it when it is already loaded."""
         self.recipe = recipe
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
-        data = recipe.data
-        train, self.held_out = make_splits(data.digits, data.operator, data.num_train, data.num_eval, data.seed)
-        self.sampler = PromptSampler(train, data.seed)
         self.tokenizer = models.load_tokenizer(recipe.model.path)
+        self.data = data or load_prompt_data(recipe.data, self.tokenizer)
+        self.held_out = self.data.held_out
+        self.sampler = PromptSampler(self.data.train, recipe.data.seed, recipe.data.shuffle)
         self.trainer = TrainerGroup(recipe)
         self.rollout = RolloutGroup(recipe)
         self.rewards = RewardPool(recipe.reward, recipe.placement)
@@ -67,7 +69,7 @@ class Controller:
         start = time.time()
         self.sync_weights()
         before = self.evaluate()
-        self.tracker.log(self.start_step, before)
+        self.tracker.log(self.start_step, {**self.data.metrics(), **before})
         after = before
         evaluated, checkpoint = self.start_step, None
         for step in range(self.start_step + 1, self.recipe.trainer.num_steps + 1):
@@ -116,8 +118,8 @@ class Controller:
         rollout, algo = self.recipe.rollout, self.recipe.algorithm
         metrics: dict[str, Any] = {}
         with timed(metrics, "step"):
-            problems = self.sampler.next_batch(rollout.num_prompts)
-            prompts = [self.prompt_ids(p) for p in problems]
+            batch = self.sampler.next_batch(rollout.num_prompts)
+            prompts = [self.prompt_ids(p) for p in batch]
             params = SamplingParams(
                 n=rollout.num_samples,
                 max_new_tokens=rollout.max_new_tokens,
@@ -128,7 +130,7 @@ class Controller:
             with timed(metrics, "generate"):
                 groups = self.rollout.generate(prompts, params)
             with timed(metrics, "reward"):
-                scores = self.score(problems, groups)
+                scores = self.score(batch, groups)
             rewards = torch.tensor(scores.rewards).view(len(groups), -1)  # [G, n]
             correct = self.correct(scores)  # [G * n]
             advantages, adv_metrics = group_advantages(rewards, algo.normalize_std)
@@ -191,11 +193,11 @@ class Controller:
         versions = self.rollout.update_weights(self.policy_version, refs)
         assert all(v == self.policy_version for v in versions), versions
 
-    def score(self, problems: list[Problem], groups: list[list[Completion]]) -> Scores:
+    def score(self, prompts: list[Prompt], groups: list[list[Completion]]) -> Scores:
         """Rewards for every completion, flattened in group order."""
         requests = [
-            ScoreRequest(c.text, p.question, p.row(), len(c.token_ids), c.finish_reason)
-            for p, group in zip(problems, groups, strict=True)
+            ScoreRequest(c.text, p.question, p.fields, len(c.token_ids), c.finish_reason)
+            for p, group in zip(prompts, groups, strict=True)
             for c in group
         ]
         return self.rewards.score(requests)
@@ -220,5 +222,5 @@ class Controller:
             "eval/sampled_accuracy": self.correct(self.score(self.held_out, sampled)).float().mean().item(),
         }
 
-    def prompt_ids(self, problem: Problem) -> list[int]:
-        return render_prompt(self.tokenizer, problem.question, self.recipe.data.system_prompt)
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        return render_prompt(self.tokenizer, prompt.messages, self.recipe.data.system_prompt)

@@ -15,6 +15,7 @@ from reward.loader import resolve
 from rlstack import models
 from rlstack.checkpoint import check_resumable
 from rlstack.config import Recipe, RecipeError, load_recipe
+from rlstack.data.dataset import load_prompt_data
 
 LOCAL_OBJECT_STORE_BYTES = 2 * 2**30
 """Object store of a Ray started here: room for a full weight sync of a 1 B model in bf16."""
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = run_dir_for(recipe)
         if (run_dir / "metrics.jsonl").exists():
             raise RecipeError(f"tracking.name: run directory {str(run_dir)!r} already holds a run; choose another name")
+        models.resolve(recipe.model.path)  # provision the embedded model once, before actors load it
+        data = load_prompt_data(recipe.data, models.load_tokenizer(recipe.model.path))
     except (RecipeError, ValueError) as exc:
         print(f"rlstack: error: {exc}", file=sys.stderr)
         return 2
@@ -54,13 +57,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from rlstack.controller import Controller
 
-    models.resolve(recipe.model.path)  # provision the embedded model once, before actors load it
     if "RAY_ADDRESS" in os.environ:
         ray.init()
     else:
         ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
     try:
-        with Controller(recipe, run_dir) as controller:
+        with Controller(recipe, run_dir, data) as controller:
             summary = controller.run()
     finally:
         ray.shutdown()

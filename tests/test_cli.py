@@ -45,3 +45,39 @@ def test_an_existing_run_is_never_appended_to(tmp_path):
     assert result.returncode == 2
     assert "already holds a run" in result.stderr
     assert (tmp_path / "taken/metrics.jsonl").read_text() == "{}\n"
+
+
+def test_data_that_cannot_train_exits_2_naming_file_and_key(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = train(TINY, f"data.path={empty}")
+    assert result.returncode == 2 and "holds no rows" in result.stderr
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"question": "What is 1 + 1?", "answer": 2}\n{"question": "What is 2 + 2?"}\n')
+    result = train(TINY, f"data.path={rows}", "data.prompt_key=question")
+    assert result.returncode == 2 and "rows.jsonl:2: missing key 'answer'" in result.stderr
+    assert "Started a local Ray" not in result.stderr + result.stdout
+
+
+def test_data_inspect_shows_counts_lengths_a_prompt_and_the_reward_fields():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlstack.cli",
+            "data",
+            "inspect",
+            "recipes/data/verl_arith/train.parquet",
+            "--recipe",
+            "recipes/grpo_verl_parquet_smollm2.yaml",
+            "model.path=random:tiny",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "rows: 1000 read, 1000 kept, 0 longer than data.max_prompt_tokens=1024" in result.stdout
+    assert "prompt tokens: p50 " in result.stdout and "<|im_start|>user\nWhat is " in result.stdout
+    assert "  answer = '" in result.stdout and "  data_source = 'synthetic/addition'" in result.stdout

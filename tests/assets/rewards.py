@@ -56,3 +56,11 @@ def kills_its_process(completion: str, **row: object) -> float:
     if completion == "die":
         os._exit(1)
     return 1.0
+
+
+def verl_fields(
+    completion: str, *, prompt: str, answer: str, data_source: str, reward_model: dict, extra_info: dict, ability: str
+) -> float:
+    """1.0 when the veRL columns arrive as fields and ``answer`` is the nested ground truth."""
+    consistent = answer == reward_model["ground_truth"] and data_source.startswith("synthetic/")
+    return float(consistent and "index" in extra_info)

@@ -1,6 +1,7 @@
 import pytest
 
-from rlstack.data.arithmetic import PromptSampler, make_splits
+from rlstack.data.arithmetic import make_splits
+from rlstack.data.prompts import PromptSampler
 
 
 def test_splits_are_disjoint_and_deterministic():
@@ -17,7 +18,7 @@ def test_answers_are_correct_for_each_operator():
         for problem in train:
             a, b = (int(x) for x in problem.question.removeprefix("What is ").split("?")[0].split(f" {operator} "))
             assert 10 <= a <= 99 and 10 <= b <= 99
-            assert problem.answer == check(a, b)
+            assert problem.fields["answer"] == check(a, b)
 
 
 def test_too_many_eval_problems_names_the_key():

@@ -1,0 +1,201 @@
+"""Prompt datasets from local files: field mapping, length filtering, splits.
+
+A file is scanned once, streaming: each row is mapped to a ``Prompt``, rendered through
+the chat template and measured. What is kept is an array of row keys (8 bytes a row),
+not the rows; a prompt is read again from the file when the sampler asks for it.
+"""
+
+import time
+from array import array
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from rlstack.config import DataSection
+from rlstack.data.arithmetic import make_splits
+from rlstack.data.chat import render_prompt
+from rlstack.data.prompts import Message, Prompt, PromptSet
+from rlstack.data.sources import RowSource, open_rows
+
+REWARD_KEYWORDS = frozenset({"prompt", "completion", "completion_tokens", "finish_reason"})
+"""Keywords the reward API sets itself; columns of these names are not passed as fields."""
+ROLES = frozenset({"system", "user", "assistant"})
+PROGRESS_EVERY_S = 10.0
+
+
+class RowError(ValueError):
+    """A row that cannot become a prompt; the message is the reason, e.g. ``missing key 'answer'``."""
+
+
+def lookup(row: dict[str, Any], key: str) -> Any:
+    """``row[key]``, where ``a.b`` reaches into nested mappings unless ``a.b`` is a column itself."""
+    if key in row:
+        return row[key]
+    node: Any = row
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise RowError(f"missing key {key!r}")
+        node = node[part]
+    return node
+
+
+def as_messages(value: Any) -> tuple[Message, ...]:
+    """Text becomes one user turn; a list of ``{"role", "content"}`` is checked and kept."""
+    if isinstance(value, str):
+        return ({"role": "user", "content": value},)
+    if isinstance(value, list | tuple) and value:
+        for message in value:
+            if not (
+                isinstance(message, dict) and message.get("role") in ROLES and isinstance(message.get("content"), str)
+            ):
+                raise RowError(f"chat message is not {{'role': system|user|assistant, 'content': str}} ({message!r})")
+        if any(m["role"] == "user" for m in value):
+            return tuple({"role": m["role"], "content": m["content"]} for m in value)
+        raise RowError("chat messages hold no user message")
+    raise RowError(f"prompt is {type(value).__name__}, not text or a list of chat messages")
+
+
+@dataclass(frozen=True)
+class RowMapping:
+    """Maps a file's row to a ``Prompt`` as ``data.prompt_key``, ``prompt_template`` and ``answer_key`` say."""
+
+    prompt_key: str
+    prompt_template: str | None
+    answer_key: str | None
+
+    def __call__(self, row: dict[str, Any]) -> Prompt:
+        if self.prompt_template is None:
+            messages = as_messages(lookup(row, self.prompt_key))
+        else:
+            try:
+                messages = as_messages(self.prompt_template.format_map(row))
+            except (KeyError, IndexError) as exc:
+                raise RowError(f"missing key {exc.args[0]!r} (in data.prompt_template)") from None
+        fields = {k: v for k, v in row.items() if k not in REWARD_KEYWORDS and k != self.prompt_key}
+        if self.answer_key is not None:
+            fields["answer"] = lookup(row, self.answer_key)
+        return Prompt(messages, fields)
+
+
+@dataclass(frozen=True)
+class FilePrompts:
+    """Prompts of one source by index, each read from the source when asked for."""
+
+    rows: RowSource
+    keys: np.ndarray
+    """``[N]`` int64 keys of the kept rows."""
+    mapping: RowMapping
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> Prompt:
+        return self.mapping(self.rows.read(int(self.keys[index])))
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    """What a scan of one source kept and left out."""
+
+    path: str
+    num_rows: int
+    """Rows read (blank lines aside), up to ``data.max_rows``."""
+    num_kept: int
+    num_too_long: int
+    """Prompts over ``data.max_prompt_tokens``."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Malformed rows skipped, by reason."""
+    prompt_tokens: dict[str, int] = field(default_factory=dict)
+    """Percentiles (``p50``, ``p90``, ``p99``, ``max``) of the kept prompts' token lengths."""
+
+
+@dataclass(frozen=True)
+class PromptData:
+    """The prompts of a run: training, held-out, and how each file was read."""
+
+    train: PromptSet | Sequence[Prompt]
+    held_out: list[Prompt]
+    reports: list[ScanReport]
+
+    def metrics(self) -> dict[str, int]:
+        """Counts logged at the start of a run."""
+        return {
+            "data/num_train": len(self.train),
+            "data/num_held_out": len(self.held_out),
+            "data/num_too_long": sum(r.num_too_long for r in self.reports),
+            "data/num_malformed": sum(sum(r.skipped.values()) for r in self.reports),
+        }
+
+
+def scan(
+    rows: RowSource, mapping: RowMapping, tokenizer: PreTrainedTokenizerBase, data: DataSection
+) -> tuple[np.ndarray, ScanReport]:
+    """Keys of the rows that map to a prompt of at most ``data.max_prompt_tokens`` tokens."""
+    keys, lengths = array("q"), array("l")
+    num_rows, num_too_long, skipped = 0, 0, Counter[str]()
+    last_report = time.monotonic()
+    for key, where, row, error in rows.scan():
+        if data.max_rows is not None and num_rows == data.max_rows:
+            break
+        num_rows += 1
+        if time.monotonic() - last_report > PROGRESS_EVERY_S:
+            print(f"data: {num_rows} rows of {rows.path} read", flush=True)
+            last_report = time.monotonic()
+        try:
+            if error is not None:
+                raise RowError(error)
+            prompt = mapping(row)  # type: ignore[arg-type]  # row is set when error is None
+        except RowError as exc:
+            if not data.skip_malformed:
+                raise ValueError(f"{where}: {exc}; set data.skip_malformed=true to skip such rows") from None
+            skipped[str(exc).split(" (")[0]] += 1
+            continue
+        length = len(render_prompt(tokenizer, prompt.messages, data.system_prompt))
+        if length > data.max_prompt_tokens:
+            num_too_long += 1
+            continue
+        keys.append(key)
+        lengths.append(length)
+    if num_rows == 0:
+        raise ValueError(f"data: {rows.path!r} holds no rows")
+    if skipped and not keys and not num_too_long:
+        raise ValueError(f"data: every row of {rows.path!r} is malformed: {dict(skipped)}")
+    if not keys:
+        raise ValueError(
+            f"data: all {num_rows - sum(skipped.values())} prompts of {rows.path!r} are longer than "
+            f"data.max_prompt_tokens={data.max_prompt_tokens}"
+        )
+    sizes = np.asarray(lengths)
+    percentiles = {f"p{q}": int(np.percentile(sizes, q)) for q in (50, 90, 99)} | {"max": int(sizes.max())}
+    report = ScanReport(rows.path, num_rows, len(keys), num_too_long, dict(skipped), percentiles)
+    return np.asarray(keys, dtype=np.int64), report
+
+
+def load_prompt_data(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> PromptData:
+    """Training and held-out prompts as the recipe's ``data`` section describes; ``ValueError`` if unusable."""
+    if data.path is None:
+        train, held_out = make_splits(data.digits, data.operator, data.num_train, data.num_eval, data.seed)
+        return PromptData(train, held_out, [])
+    mapping = RowMapping(data.prompt_key, data.prompt_template, data.answer_key)
+    rows = open_rows(data.path, data.split)
+    keys, report = scan(rows, mapping, tokenizer, data)
+    if data.shuffle:
+        keys = keys[np.random.default_rng(data.seed).permutation(len(keys))]
+    reports = [report]
+    if data.eval_path is not None or data.eval_split is not None:
+        eval_key = "data.eval_path" if data.eval_path is not None else "data.path"
+        eval_rows = open_rows(data.eval_path or data.path, data.eval_split or data.split, eval_key)
+        eval_keys, eval_report = scan(eval_rows, mapping, tokenizer, data)
+        reports.append(eval_report)
+        evaluated = FilePrompts(eval_rows, eval_keys, mapping)
+    else:
+        num_eval = max(1, round(data.eval_fraction * len(keys)))
+        if num_eval >= len(keys):
+            raise ValueError(f"data.eval_fraction={data.eval_fraction} leaves no training prompts of {len(keys)}")
+        evaluated, keys = FilePrompts(rows, keys[:num_eval], mapping), keys[num_eval:]
+    held_out = [evaluated[i] for i in range(min(len(evaluated), data.num_eval))]
+    return PromptData(FilePrompts(rows, keys, mapping), held_out, reports)
