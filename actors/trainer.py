@@ -4,7 +4,7 @@ import math
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 import torch
@@ -25,11 +25,15 @@ from transformers import PreTrainedModel
 
 from rlstack import models
 from rlstack.algorithms import aggregate, clipped_surrogate, kl_penalty, token_entropy, token_logprobs
+from rlstack.algorithms.dpo import dpo_loss
+from rlstack.algorithms.sft import sft_loss
 from rlstack.config import Recipe
-from rlstack.data.batching import Collated, collate, micro_batches, padding_sample
-from rlstack.types import Sample, TrainBatch
+from rlstack.data.batching import Collated, collate, micro_batches, padding_sample, response_sample
+from rlstack.data.packing import PackedRow, SFTExample, attention_mask_from_positions, collate_packed, pack
+from rlstack.types import PreferenceBatch, PreferencePair, Sample, SFTBatch, TrainBatch
 
 PLACEMENT_TIMEOUT_S = 300
+T = TypeVar("T")
 
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
@@ -72,7 +76,9 @@ class TrainerWorker:
         )
         self.tokenizer = models.load_tokenizer(recipe.model.path)
         self.model = self._sharded_model()
-        self.reference = self._sharded_model() if recipe.algorithm.kl_coef > 0 else None
+        algo = recipe.algorithm
+        needs_reference = algo.kl_coef > 0 if algo.name == "grpo" else algo.name == "dpo" and algo.reference == "online"
+        self.reference = self._sharded_model() if needs_reference else None
         if self.reference is not None:
             self.reference.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
@@ -100,8 +106,8 @@ class TrainerWorker:
         fully_shard(model, mp_policy=policy)
         return model
 
-    def _response_logits(self, model: torch.nn.Module, batch: Collated) -> torch.Tensor:
-        """``[B, R, V]`` logits predicting each response token, scaled by the sampling temperature."""
+    def _response_logits(self, model: torch.nn.Module, batch: Collated, temperature: float) -> torch.Tensor:
+        """``[B, R, V]`` logits predicting each response token, divided by ``temperature``."""
         length = batch.response_ids.shape[1]
         out = model(
             input_ids=batch.input_ids.to(self.device),
@@ -110,14 +116,29 @@ class TrainerWorker:
             logits_to_keep=length + 1,
             use_cache=False,
         )
-        return out.logits[:, :-1] / self.recipe.rollout.temperature
+        return out.logits[:, :-1] / temperature
 
-    def _aligned_micro_batches(self, samples: list[Sample]) -> list[list[Sample]]:
-        """Micro-batches, padded so that every rank runs the same number of FSDP collectives."""
-        groups = micro_batches(samples, self.recipe.trainer.micro_batch_tokens)
+    def _aligned(self, groups: list[T], padding: T) -> list[T]:
+        """``groups`` plus ``padding`` up to the largest count of any rank, so all run the same FSDP collectives."""
         count = torch.tensor([len(groups)], device=self.device)
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
-        return groups + [[padding_sample(samples[0])]] * (int(count) - len(groups))
+        return groups + [padding] * (int(count) - len(groups))
+
+    def _aligned_micro_batches(self, samples: list[Sample]) -> list[list[Sample]]:
+        groups = micro_batches(samples, self.recipe.trainer.micro_batch_tokens)
+        return self._aligned(groups, [padding_sample(samples[0])])
+
+    def _optimizer_step(self) -> dict[str, float]:
+        """Clip the gradients, step AdamW and the LR schedule; returns ``grad_norm`` and the ``lr`` used."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.trainer.max_grad_norm)
+        if isinstance(grad_norm, DTensor):
+            grad_norm = grad_norm.full_tensor()
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.num_optimizer_steps += 1
+        return {"grad_norm": float(grad_norm), "lr": float(lr)}
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         """One optimizer step of the PPO-clip surrogate over this rank's samples.
@@ -132,7 +153,7 @@ class TrainerWorker:
         for group in self._aligned_micro_batches(list(batch.samples)):
             data = collate(group, pad_id)
             mask = data.response_mask.to(self.device)
-            logits = self._response_logits(self.model, data)
+            logits = self._response_logits(self.model, data, self.recipe.rollout.temperature)
             logprobs = token_logprobs(logits, data.response_ids.to(self.device))
             old = data.old_logprobs.to(self.device)
             token_loss, clipped = clipped_surrogate(
@@ -141,7 +162,8 @@ class TrainerWorker:
             kl = torch.zeros_like(token_loss)
             if self.reference is not None:
                 with torch.no_grad():
-                    ref = token_logprobs(self._response_logits(self.reference, data), data.response_ids.to(self.device))
+                    ref_logits = self._response_logits(self.reference, data, self.recipe.rollout.temperature)
+                    ref = token_logprobs(ref_logits, data.response_ids.to(self.device))
                 kl = kl_penalty(logprobs, ref, algo.kl_estimator)
                 token_loss = token_loss + algo.kl_coef * kl
             loss = aggregate(token_loss, mask, algo.loss_agg, batch.num_tokens, batch.num_seqs, batch.max_tokens)
@@ -156,14 +178,7 @@ class TrainerWorker:
                     ((logprobs.detach() - old).abs() * mask).sum().double(),
                 ]
             )
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.trainer.max_grad_norm)
-        if isinstance(grad_norm, DTensor):
-            grad_norm = grad_norm.full_tensor()
-        lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.num_optimizer_steps += 1
+        step = self._optimizer_step()
         dist.all_reduce(sums)
         loss, tokens, clipped_sum, entropy, kl_sum, mismatch = sums.tolist()
         tokens = max(tokens, 1.0)
@@ -173,9 +188,137 @@ class TrainerWorker:
             "entropy": entropy / tokens,
             "kl": kl_sum / tokens,
             "logprob_mismatch": mismatch / tokens,
-            "grad_norm": float(grad_norm),
-            "lr": lr,
+            **step,
         }
+
+    def _packed_rows(self, examples: list[SFTExample]) -> list[PackedRow]:
+        """This rank's examples packed into rows of at most ``micro_batch_tokens``, aligned across ranks."""
+        pad_id = self.tokenizer.pad_token_id
+        rows = [
+            collate_packed(group, pad_id, sum(len(e.input_ids) for e in group))
+            for group in (
+                [examples[i] for i in indices] for indices in pack(examples, self.recipe.trainer.micro_batch_tokens)
+            )
+        ]
+        return self._aligned(rows, collate_packed([SFTExample((pad_id,), (0,))], pad_id, 1))
+
+    def _packed_logprobs(self, row: PackedRow) -> torch.Tensor:
+        """``[1, L]`` logprobs of each packed position's target, every sample attending only to itself."""
+        position_ids = row.position_ids.to(self.device)
+        logits = self.model(
+            input_ids=row.input_ids.to(self.device),
+            position_ids=position_ids,
+            attention_mask=attention_mask_from_positions(position_ids),
+            use_cache=False,
+        ).logits
+        return token_logprobs(logits, row.target_ids.to(self.device))
+
+    def sft_step(self, batch: SFTBatch) -> dict[str, float]:
+        """One optimizer step of masked cross-entropy; the rank's examples are packed into micro-batches."""
+        self.model.train()
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss, tokens
+        for row in self._packed_rows(list(batch.examples)):
+            mask = row.target_mask.to(self.device)
+            loss, _ = sft_loss(self._packed_logprobs(row), mask, batch.num_tokens)
+            (loss * self.world_size).backward()
+            sums += torch.stack([loss.detach().double(), mask.sum().double()])
+        step = self._optimizer_step()
+        dist.all_reduce(sums)
+        return {"loss": sums[0].item(), "num_tokens": sums[1].item(), **step}
+
+    @torch.no_grad()
+    def sft_eval(self, examples: list[SFTExample]) -> dict[str, float]:
+        """Mean negative log-likelihood per trained token of held-out examples, over all ranks' shares."""
+        self.model.eval()
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # nll, tokens
+        for row in self._packed_rows(examples):
+            mask = row.target_mask.to(self.device)
+            sums += torch.stack([-(self._packed_logprobs(row) * mask).sum().double(), mask.sum().double()])
+        dist.all_reduce(sums)
+        return {"loss": (sums[0] / sums[1].clamp(min=1)).item(), "num_tokens": sums[1].item()}
+
+    def _pair_micro_batches(self, pairs: list[PreferencePair]) -> list[list[int] | None]:
+        """Pair indices per micro-batch (chosen and rejected together fill ``2 * n * longest`` tokens), aligned
+        across ranks with ``None`` for a padding micro-batch."""
+        groups: list[list[int] | None] = []
+        current: list[int] = []
+        longest = 0
+        for i, p in enumerate(pairs):
+            size = len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids))
+            if current and 2 * (len(current) + 1) * max(longest, size) > self.recipe.trainer.micro_batch_tokens:
+                groups.append(current)
+                current, longest = [], 0
+            current.append(i)
+            longest = max(longest, size)
+        if current:
+            groups.append(current)
+        return self._aligned(groups, None)
+
+    def _pair_logprobs(self, model: torch.nn.Module, pairs: list[PreferencePair]) -> torch.Tensor:
+        """``[2, n]`` summed logprobs of the chosen (row 0) and rejected (row 1) responses."""
+        samples = [response_sample(p.prompt_ids, p.chosen_ids) for p in pairs]
+        samples += [response_sample(p.prompt_ids, p.rejected_ids) for p in pairs]
+        data = collate(samples, self.tokenizer.pad_token_id)
+        logprobs = token_logprobs(self._response_logits(model, data, 1.0), data.response_ids.to(self.device))
+        return (logprobs * data.response_mask.to(self.device)).sum(-1).view(2, len(pairs))
+
+    def dpo_step(self, batch: PreferenceBatch) -> dict[str, float]:
+        """One optimizer step of the DPO (or IPO, cDPO) loss over this rank's pairs.
+
+        IPO compares logprobs averaged over each response's tokens; DPO compares sums.
+        """
+        algo = self.recipe.algorithm
+        self.model.train()
+        pairs = list(batch.pairs)
+        sums = torch.zeros(5, dtype=torch.float64, device=self.device)  # loss, chosen, rejected, margin, accuracy
+        for group in self._pair_micro_batches(pairs):
+            chosen = [pairs[i] for i in group] if group is not None else pairs[:1]
+            policy = self._pair_logprobs(self.model, chosen)  # [2, n]
+            if batch.reference is not None:
+                reference = torch.tensor([batch.reference[i] for i in (group or [0])], device=self.device).T
+            else:
+                with torch.no_grad():
+                    reference = self._pair_logprobs(self.reference, chosen)  # type: ignore[arg-type]
+            if algo.dpo_loss == "ipo":
+                lengths = torch.tensor(
+                    [[len(p.chosen_ids) for p in chosen], [len(p.rejected_ids) for p in chosen]], device=self.device
+                )
+                policy, reference = policy / lengths, reference / lengths
+            loss, metrics = dpo_loss(
+                policy[0],
+                policy[1],
+                reference[0],
+                reference[1],
+                batch.num_pairs,
+                algo.beta,
+                algo.label_smoothing,
+                algo.dpo_loss,
+            )
+            weight = 0.0 if group is None else 1.0  # a padding micro-batch only keeps the collectives in step
+            (loss * self.world_size * weight).backward()
+            sums += weight * torch.stack([loss.detach().double(), *(m.double() for m in metrics.values())])
+        step = self._optimizer_step()
+        dist.all_reduce(sums)
+        loss, chosen_reward, rejected_reward, margin, accuracy = sums.tolist()
+        return {
+            "loss": loss,
+            "rewards/chosen": chosen_reward,
+            "rewards/rejected": rejected_reward,
+            "rewards/margin": margin,
+            "rewards/accuracy": accuracy,
+            **step,
+        }
+
+    @torch.no_grad()
+    def pair_logprobs(self, pairs: list[PreferencePair]) -> list[tuple[float, float]]:
+        """Policy logprobs ``(chosen, rejected)`` of each pair, summed over the response tokens."""
+        self.model.eval()
+        result: list[tuple[float, float]] = []
+        for group in self._pair_micro_batches(pairs):
+            logprobs = self._pair_logprobs(self.model, [pairs[i] for i in group] if group else pairs[:1])
+            if group is not None:
+                result += [(c, r) for c, r in logprobs.T.tolist()]
+        return result
 
     @torch.no_grad()
     def compute_logprobs(self, samples: list[Sample]) -> list[list[float]]:
@@ -184,7 +327,8 @@ class TrainerWorker:
         result: list[list[float]] = []
         for group in self._aligned_micro_batches(samples):
             data = collate(group, self.tokenizer.pad_token_id)
-            logprobs = token_logprobs(self._response_logits(self.model, data), data.response_ids.to(self.device))
+            logits = self._response_logits(self.model, data, self.recipe.rollout.temperature)
+            logprobs = token_logprobs(logits, data.response_ids.to(self.device))
             for sample, row in zip(group, logprobs.cpu(), strict=True):
                 if not sample.masked:
                     result.append(row[: len(sample.completion.token_ids)].tolist())
@@ -285,6 +429,18 @@ class TrainerGroup:
 
     def compute_logprobs(self, shards: list[list[Sample]]) -> list[list[list[float]]]:
         return ray.get([w.compute_logprobs.remote(s) for w, s in zip(self.workers, shards, strict=True)])
+
+    def sft_step(self, shards: list[SFTBatch]) -> dict[str, float]:
+        return ray.get([w.sft_step.remote(s) for w, s in zip(self.workers, shards, strict=True)])[0]
+
+    def sft_eval(self, shards: list[list[SFTExample]]) -> dict[str, float]:
+        return ray.get([w.sft_eval.remote(s) for w, s in zip(self.workers, shards, strict=True)])[0]
+
+    def dpo_step(self, shards: list[PreferenceBatch]) -> dict[str, float]:
+        return ray.get([w.dpo_step.remote(s) for w, s in zip(self.workers, shards, strict=True)])[0]
+
+    def pair_logprobs(self, shards: list[list[PreferencePair]]) -> list[list[tuple[float, float]]]:
+        return ray.get([w.pair_logprobs.remote(s) for w, s in zip(self.workers, shards, strict=True)])
 
     def state_dict_buckets(self, bucket_mb: int, dtype: str) -> list[ray.ObjectRef]:
         return ray.get([w.state_dict_buckets.remote(bucket_mb, dtype) for w in self.workers])[0]

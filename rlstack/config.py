@@ -36,8 +36,9 @@ class DataSection(Section):
     """Training and held-out prompts: a local file, or the built-in arithmetic task when ``path`` is unset."""
 
     path: str | None = None
-    """Prompts from a ``.jsonl`` file, a ``.parquet`` file or a ``datasets.save_to_disk`` directory;
-    ``None`` uses the built-in ``task``."""
+    """Rows from a ``.jsonl`` file, a ``.parquet`` file or a ``datasets.save_to_disk`` directory; ``None`` uses
+    the built-in ``task``. GRPO reads prompts; SFT reads ``{"messages": [...]}`` or ``{"instruction", "input",
+    "output"}`` rows; DPO reads ``{"prompt", "chosen", "rejected"}`` rows."""
     split: str = "train"
     """Split to train on when ``path`` is a saved ``DatasetDict``."""
     eval_path: str | None = None
@@ -60,7 +61,8 @@ class DataSection(Section):
     max_rows: int | None = None
     """Read at most this many rows of each file."""
     max_prompt_tokens: int = 1024
-    """Prompts longer than this, after the chat template, are left out and counted."""
+    """Prompts longer than this after the chat template (SFT: whole conversations; DPO: prompt plus the longer
+    response) are left out and counted."""
     skip_malformed: bool = False
     """Skip and count malformed rows (bad JSON, missing keys) instead of failing on the first one."""
     task: Literal["arithmetic"] = "arithmetic"
@@ -178,24 +180,48 @@ class RewardSection(Section):
 
 
 class AlgorithmSection(Section):
-    name: Literal["grpo"] = "grpo"
-    """The RL algorithm."""
+    name: Literal["grpo", "sft", "dpo"] = "grpo"
+    """What the trainer group optimises: GRPO on rollouts, SFT on demonstrations, or DPO on preference pairs."""
     normalize_std: bool = True
-    """Divide group advantages by the group std (GRPO); ``false`` gives Dr.GRPO."""
+    """GRPO: divide group advantages by the group std; ``false`` gives Dr.GRPO."""
     clip_low: float = 0.2
-    """PPO clip: the ratio is kept above ``1 - clip_low``."""
+    """GRPO: PPO clip, the ratio is kept above ``1 - clip_low``."""
     clip_high: float = 0.2
-    """PPO clip: the ratio is kept below ``1 + clip_high`` (DAPO's clip-higher uses 0.28)."""
+    """GRPO: PPO clip, the ratio is kept below ``1 + clip_high`` (DAPO's clip-higher uses 0.28)."""
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
-    """How token losses become one number: DAPO's token mean, GRPO's per-sequence mean, or Dr.GRPO's constant norm."""
+    """GRPO: how token losses become one number: DAPO's token mean, GRPO's per-sequence mean, or Dr.GRPO's
+    constant norm."""
     kl_coef: float = 0.0
-    """Weight of the KL penalty to the reference model; 0 loads no reference."""
+    """GRPO: weight of the KL penalty to the reference model; 0 loads no reference."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    """Estimator of KL(policy || reference), after Schulman's 'Approximating KL divergence'."""
+    """GRPO: estimator of KL(policy || reference), after Schulman's 'Approximating KL divergence'."""
     drop_zero_variance_groups: bool = True
-    """Skip groups whose rewards are all equal (their advantage is zero anyway)."""
+    """GRPO: skip groups whose rewards are all equal (their advantage is zero anyway)."""
     num_minibatches: int = 1
-    """Optimizer steps per rollout batch; the batch is split into this many minibatches."""
+    """GRPO: optimizer steps per rollout batch; the batch is split into this many minibatches."""
+    batch_size: int = 16
+    """SFT: examples, DPO: preference pairs, per optimizer step (micro-batches accumulate gradients)."""
+    beta: float = 0.1
+    """DPO: strength of the implicit KL penalty towards the reference."""
+    dpo_loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    """DPO: ``sigmoid`` is DPO (with ``label_smoothing``, cDPO); ``ipo`` is IPO on length-averaged logprobs."""
+    label_smoothing: float = 0.0
+    """DPO: assumed probability that a preference label is flipped (conservative DPO); 0 is plain DPO."""
+    reference: Literal["precomputed", "online"] = "precomputed"
+    """DPO: reference logprobs computed once before training (no reference model kept), or by a frozen
+    reference model in the trainer group at every step."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "AlgorithmSection":
+        if self.beta <= 0:
+            raise ValueError(f"algorithm.beta={self.beta}: must be positive")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"algorithm.label_smoothing={self.label_smoothing}: must be in [0, 0.5)")
+        if self.dpo_loss == "ipo" and self.label_smoothing:
+            raise ValueError("algorithm.label_smoothing applies to dpo_loss 'sigmoid' only, not 'ipo'")
+        if self.batch_size < 1:
+            raise ValueError(f"algorithm.batch_size={self.batch_size}: must be at least 1")
+        return self
 
 
 class TrainerSection(Section):
@@ -291,6 +317,20 @@ class Recipe(Section):
     tracking: TrackingSection = TrackingSection()
     checkpoint: CheckpointSection = CheckpointSection()
     eval: EvalSection = EvalSection()
+
+    @model_validator(mode="after")
+    def _check(self) -> "Recipe":
+        if self.algorithm.name == "sft" and self.data.max_prompt_tokens > self.trainer.micro_batch_tokens:
+            raise ValueError(
+                f"data.max_prompt_tokens={self.data.max_prompt_tokens} exceeds trainer.micro_batch_tokens="
+                f"{self.trainer.micro_batch_tokens}: an SFT conversation must fit one packed micro-batch"
+            )
+        if self.algorithm.name != "grpo" and self.algorithm.batch_size < self.placement.num_trainer_ranks:
+            raise ValueError(
+                f"algorithm.batch_size={self.algorithm.batch_size} is smaller than placement.num_trainer_ranks="
+                f"{self.placement.num_trainer_ranks}"
+            )
+        return self
 
 
 def apply_override(tree: dict[str, Any], override: str) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 import yaml
+from transformers import PreTrainedTokenizerBase
 
 from actors.reward import RewardPool, ScoreRequest, Scores
 from actors.rollout import RolloutGroup
@@ -17,11 +18,11 @@ from rlstack import models
 from rlstack.algorithms import group_advantages
 from rlstack.algorithms.advantages import zero_variance_groups
 from rlstack.checkpoint import checkpoint_dir, load_controller_state, save_checkpoint
-from rlstack.config import Recipe
+from rlstack.config import DataSection, Recipe
 from rlstack.data.batching import shard
 from rlstack.data.chat import render_prompt
-from rlstack.data.dataset import PromptData, load_prompt_data
-from rlstack.data.prompts import Prompt, PromptSampler
+from rlstack.data.dataset import RunData, load_prompt_data
+from rlstack.data.prompts import EpochSampler, Prompt
 from rlstack.tracking import Tracker, plot_run
 from rlstack.types import Completion, Sample, SamplingParams, TrainBatch
 
@@ -34,26 +35,37 @@ def timed(metrics: dict[str, Any], name: str) -> Iterator[None]:
 
 
 class Controller:
-    """Owns the three groups and runs GRPO on them. Holds no math and no engine code."""
+    """A run's lifecycle: the actor groups, the step loop, evaluation, checkpoints and logs.
 
-    def __init__(self, recipe: Recipe, run_dir: Path, data: PromptData | None = None):
+    Subclasses say what one step and one evaluation are (GRPO here; SFT and DPO in
+    ``rlstack.sft`` and ``rlstack.dpo``) and hold no math and no engine code. Engines and
+    rewards start only when there are held-out prompts to answer: always for GRPO, and
+    for SFT and DPO on the built-in task, whose accuracy they then report.
+    """
+
+    def __init__(self, recipe: Recipe, run_dir: Path, data: RunData | None = None):
         """``data`` defaults to loading ``recipe.data``; pass it when it is already loaded."""
         self.recipe = recipe
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
         self.tokenizer = models.load_tokenizer(recipe.model.path)
-        self.data = data or load_prompt_data(recipe.data, self.tokenizer)
-        self.held_out = self.data.held_out
-        self.sampler = PromptSampler(self.data.train, recipe.data.seed, recipe.data.shuffle)
+        self.data = data or self.load_data(recipe.data, self.tokenizer)
+        self.held_out_prompts = self.data.held_out_prompts
+        self.sampler: EpochSampler[Any] = EpochSampler(self.data.train, recipe.data.seed, recipe.data.shuffle)
         self.trainer = TrainerGroup(recipe)
-        self.rollout = RolloutGroup(recipe)
-        self.rewards = RewardPool(recipe.reward, recipe.placement)
+        self.rollout = RolloutGroup(recipe) if self.held_out_prompts else None
+        self.rewards = RewardPool(recipe.reward, recipe.placement) if self.held_out_prompts else None
         self.policy_version = 0
+        self.engine_version: int | None = None
         self.start_step = 0
         if recipe.checkpoint.resume_from:
             self.resume(recipe.checkpoint.resume_from)
         self.tracker = Tracker(recipe, run_dir, recipe.trainer.num_steps)
+
+    @staticmethod
+    def load_data(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> RunData:
+        return load_prompt_data(data, tokenizer)
 
     def __enter__(self) -> "Controller":
         return self
@@ -61,13 +73,12 @@ class Controller:
     def __exit__(self, *exc: object) -> None:
         """Free the cluster's resources: kill the actors and remove the placement group."""
         self.tracker.close()
-        self.rewards.shutdown()
-        self.rollout.shutdown()
-        self.trainer.shutdown()
+        for group in (self.rewards, self.rollout, self.trainer):
+            if group is not None:
+                group.shutdown()
 
     def run(self) -> dict[str, Any]:
         start = time.time()
-        self.sync_weights()
         before = self.evaluate()
         self.tracker.log(self.start_step, {**self.data.metrics(), **before})
         after = before
@@ -90,10 +101,8 @@ class Controller:
         plot_run(self.run_dir / "metrics.jsonl", self.run_dir / "plot.png")
         summary = {
             "steps": num_steps,
-            "greedy_accuracy_before": before["eval/greedy_accuracy"],
-            "greedy_accuracy_after": after["eval/greedy_accuracy"],
-            "sampled_accuracy_before": before["eval/sampled_accuracy"],
-            "sampled_accuracy_after": after["eval/sampled_accuracy"],
+            **{f"{key.removeprefix('eval/')}_before": value for key, value in before.items()},
+            **{f"{key.removeprefix('eval/')}_after": value for key, value in after.items()},
             "policy_version": self.policy_version,
             "wall_s": round(time.time() - start, 1),
             "run_dir": str(self.run_dir),
@@ -102,19 +111,81 @@ class Controller:
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
+    def step(self, step: int) -> dict[str, Any]:
+        """One training step; returns its metrics."""
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out metrics, named ``eval/...``."""
+        return self.task_accuracy()
+
     def state(self, step: int) -> dict[str, Any]:
         """What a checkpoint needs besides the trainer's own state, to continue exactly."""
         return {"step": step, "policy_version": self.policy_version, "sampler": self.sampler.state()}
 
-    def resume(self, path: str) -> None:
+    def resume(self, path: str) -> dict[str, Any]:
+        """Continue from a checkpoint; returns its controller state."""
         state = load_controller_state(path)
         self.trainer.load(path)
         self.start_step = state["step"]
         self.policy_version = state["policy_version"]
         self.sampler.load_state(state["sampler"])
+        return state
+
+    def sync_weights(self) -> None:
+        """Stream the trainer's full weights to every engine as ``self.policy_version``."""
+        assert self.rollout is not None
+        refs = self.trainer.state_dict_buckets(self.recipe.rollout.bucket_mb, self.recipe.rollout.dtype)
+        versions = self.rollout.update_weights(self.policy_version, refs)
+        assert all(v == self.policy_version for v in versions), versions
+        self.engine_version = self.policy_version
+
+    def score(self, prompts: list[Prompt], groups: list[list[Completion]]) -> Scores:
+        """Rewards for every completion, flattened in group order."""
+        assert self.rewards is not None
+        requests = [
+            ScoreRequest(c.text, p.question, p.fields, len(c.token_ids), c.finish_reason)
+            for p, group in zip(prompts, groups, strict=True)
+            for c in group
+        ]
+        return self.rewards.score(requests)
+
+    def correct(self, scores: Scores) -> torch.Tensor:
+        """``[N]`` bool: the first (correctness) reward scored 1."""
+        return torch.tensor(scores.by_function[self.recipe.reward.functions[0].metric_name]) >= 1.0
+
+    def task_accuracy(self) -> dict[str, float]:
+        """Held-out accuracy: greedy, and sampled at T=1 with ``eval.num_samples`` per prompt; ``{}`` without
+        held-out prompts."""
+        if self.rollout is None:
+            return {}
+        if self.engine_version != self.policy_version:
+            self.sync_weights()
+        prompts = [self.prompt_ids(p) for p in self.held_out_prompts]
+        max_tokens = self.recipe.rollout.max_new_tokens
+        greedy = self.rollout.generate(prompts, SamplingParams(n=1, max_new_tokens=max_tokens, temperature=0.0))
+        sampled = self.rollout.generate(
+            prompts,
+            SamplingParams(
+                n=self.recipe.eval.num_samples, max_new_tokens=max_tokens, temperature=1.0, seed=self.policy_version
+            ),
+        )
+        held_out = self.held_out_prompts
+        return {
+            "eval/greedy_accuracy": self.correct(self.score(held_out, greedy)).float().mean().item(),
+            "eval/sampled_accuracy": self.correct(self.score(held_out, sampled)).float().mean().item(),
+        }
+
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        return render_prompt(self.tokenizer, prompt.messages, self.recipe.data.system_prompt)
+
+
+class GRPOController(Controller):
+    """GRPO: sample groups of completions, score them, train on group-relative advantages, sync."""
 
     def step(self, step: int) -> dict[str, Any]:
         """One GRPO step; returns its metrics."""
+        assert self.rollout is not None
         rollout, algo = self.recipe.rollout, self.recipe.algorithm
         metrics: dict[str, Any] = {}
         with timed(metrics, "step"):
@@ -186,41 +257,3 @@ class Controller:
             ]
             metrics = self.trainer.train_step(batches)
         return metrics
-
-    def sync_weights(self) -> None:
-        """Stream the trainer's full weights to every engine as ``self.policy_version``."""
-        refs = self.trainer.state_dict_buckets(self.recipe.rollout.bucket_mb, self.recipe.rollout.dtype)
-        versions = self.rollout.update_weights(self.policy_version, refs)
-        assert all(v == self.policy_version for v in versions), versions
-
-    def score(self, prompts: list[Prompt], groups: list[list[Completion]]) -> Scores:
-        """Rewards for every completion, flattened in group order."""
-        requests = [
-            ScoreRequest(c.text, p.question, p.fields, len(c.token_ids), c.finish_reason)
-            for p, group in zip(prompts, groups, strict=True)
-            for c in group
-        ]
-        return self.rewards.score(requests)
-
-    def correct(self, scores: Scores) -> torch.Tensor:
-        """``[N]`` bool: the first (correctness) reward scored 1."""
-        return torch.tensor(scores.by_function[self.recipe.reward.functions[0].metric_name]) >= 1.0
-
-    def evaluate(self) -> dict[str, float]:
-        """Held-out accuracy: greedy, and sampled at T=1 with ``eval.num_samples`` per prompt."""
-        prompts = [self.prompt_ids(p) for p in self.held_out]
-        max_tokens = self.recipe.rollout.max_new_tokens
-        greedy = self.rollout.generate(prompts, SamplingParams(n=1, max_new_tokens=max_tokens, temperature=0.0))
-        sampled = self.rollout.generate(
-            prompts,
-            SamplingParams(
-                n=self.recipe.eval.num_samples, max_new_tokens=max_tokens, temperature=1.0, seed=self.policy_version
-            ),
-        )
-        return {
-            "eval/greedy_accuracy": self.correct(self.score(self.held_out, greedy)).float().mean().item(),
-            "eval/sampled_accuracy": self.correct(self.score(self.held_out, sampled)).float().mean().item(),
-        }
-
-    def prompt_ids(self, prompt: Prompt) -> list[int]:
-        return render_prompt(self.tokenizer, prompt.messages, self.recipe.data.system_prompt)

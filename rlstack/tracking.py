@@ -15,9 +15,14 @@ CONSOLE_KEYS = (
     "reward/mean",
     "accuracy",
     "response_length",
+    "loss",
+    "rewards/margin",
+    "eval/loss",
+    "eval/preference_accuracy",
     "eval/greedy_accuracy",
     "eval/sampled_accuracy",
     "time/step",
+    "time/train",
 )
 
 
@@ -94,6 +99,7 @@ def plot_run(metrics_file: Path, target: Path) -> None:
         ("reward/mean", "train reward (sampled)"),
         ("eval/greedy_accuracy", "held-out greedy"),
         ("eval/sampled_accuracy", "held-out sampled (T=1)"),
+        ("eval/preference_accuracy", "held-out preference accuracy"),
     ]:
         points = [(r["step"], r[key]) for r in records if key in r]
         if points:

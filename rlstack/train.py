@@ -10,12 +10,15 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reward.loader import resolve
 from rlstack import models
 from rlstack.checkpoint import check_resumable
 from rlstack.config import Recipe, RecipeError, load_recipe
-from rlstack.data.dataset import load_prompt_data
+
+if TYPE_CHECKING:
+    from rlstack.controller import Controller
 
 LOCAL_OBJECT_STORE_BYTES = 2 * 2**30
 """Object store of a Ray started here: room for a full weight sync of a 1 B model in bf16."""
@@ -28,6 +31,15 @@ def preflight(recipe: Recipe) -> None:
         resolve(function.fn, f"reward.functions.{index}.fn")
     if recipe.checkpoint.resume_from:
         check_resumable(recipe.checkpoint.resume_from)
+
+
+def controller_for(recipe: Recipe) -> type["Controller"]:
+    """The controller class of ``algorithm.name``."""
+    from rlstack.controller import GRPOController
+    from rlstack.dpo import DPOController
+    from rlstack.sft import SFTController
+
+    return {"grpo": GRPOController, "sft": SFTController, "dpo": DPOController}[recipe.algorithm.name]
 
 
 def run_dir_for(recipe: Recipe) -> Path:
@@ -48,21 +60,20 @@ def main(argv: list[str] | None = None) -> int:
         if (run_dir / "metrics.jsonl").exists():
             raise RecipeError(f"tracking.name: run directory {str(run_dir)!r} already holds a run; choose another name")
         models.resolve(recipe.model.path)  # provision the embedded model once, before actors load it
-        data = load_prompt_data(recipe.data, models.load_tokenizer(recipe.model.path))
+        controller_class = controller_for(recipe)
+        data = controller_class.load_data(recipe.data, models.load_tokenizer(recipe.model.path))
     except (RecipeError, ValueError) as exc:
         print(f"rlstack: error: {exc}", file=sys.stderr)
         return 2
 
     import ray
 
-    from rlstack.controller import Controller
-
     if "RAY_ADDRESS" in os.environ:
         ray.init()
     else:
         ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
     try:
-        with Controller(recipe, run_dir, data) as controller:
+        with controller_class(recipe, run_dir, data) as controller:
             summary = controller.run()
     finally:
         ray.shutdown()

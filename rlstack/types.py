@@ -3,6 +3,8 @@
 from dataclasses import dataclass
 from typing import Literal
 
+from rlstack.data.packing import SFTExample
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -62,3 +64,38 @@ class TrainBatch:
     """Sequences in the whole batch (all ranks)."""
     max_tokens: int
     """The response length cap."""
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """A prompt with a preferred and a dispreferred response, tokenized."""
+
+    prompt_ids: tuple[int, ...]
+    """The templated prompt, ending with the assistant's generation prompt."""
+    chosen_ids: tuple[int, ...]
+    """The preferred response's tokens, ending with the end-of-turn token."""
+    rejected_ids: tuple[int, ...]
+    """The dispreferred response's tokens, ending with the end-of-turn token."""
+
+
+@dataclass(frozen=True)
+class SFTBatch:
+    """One rank's share of an SFT batch."""
+
+    examples: tuple[SFTExample, ...]
+    """Tokenized conversations for this rank; the rank packs them into micro-batches."""
+    num_tokens: int
+    """Trained (assistant) tokens in the whole batch (all ranks): the loss normaliser."""
+
+
+@dataclass(frozen=True)
+class PreferenceBatch:
+    """One rank's share of a DPO batch."""
+
+    pairs: tuple[PreferencePair, ...]
+    """Preference pairs for this rank."""
+    reference: tuple[tuple[float, float], ...] | None
+    """Precomputed reference logprobs ``(chosen, rejected)`` per pair, summed over tokens; ``None`` has the
+    trainer's frozen reference model compute them."""
+    num_pairs: int
+    """Pairs in the whole batch (all ranks): the loss normaliser."""

@@ -4,7 +4,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from rlstack.types import Sample
+from rlstack.types import Completion, Sample
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,12 @@ def collate(samples: list[Sample], pad_id: int) -> Collated:
 
 def num_tokens(sample: Sample) -> int:
     return len(sample.prompt_ids) + len(sample.completion.token_ids)
+
+
+def response_sample(prompt_ids: tuple[int, ...], response_ids: tuple[int, ...]) -> Sample:
+    """A given (not sampled) response as a ``Sample``, for scoring its logprobs."""
+    completion = Completion(response_ids, (0.0,) * len(response_ids), "stop", 0, "")
+    return Sample(prompt_ids=prompt_ids, completion=completion, advantage=0.0)
 
 
 def padding_sample(like: Sample) -> Sample:

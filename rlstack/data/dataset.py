@@ -8,9 +8,9 @@ not the rows; a prompt is read again from the file when the sampler asks for it.
 import time
 from array import array
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -25,6 +25,7 @@ REWARD_KEYWORDS = frozenset({"prompt", "completion", "completion_tokens", "finis
 """Keywords the reward API sets itself; columns of these names are not passed as fields."""
 ROLES = frozenset({"system", "user", "assistant"})
 PROGRESS_EVERY_S = 10.0
+T = TypeVar("T")
 
 
 class RowError(ValueError):
@@ -113,66 +114,120 @@ class ScanReport:
     """Percentiles (``p50``, ``p90``, ``p99``, ``max``) of the kept prompts' token lengths."""
 
 
+def data_metrics(num_train: int, num_held_out: int, reports: list[ScanReport]) -> dict[str, int]:
+    """Counts logged at the start of a run."""
+    return {
+        "data/num_train": num_train,
+        "data/num_held_out": num_held_out,
+        "data/num_too_long": sum(r.num_too_long for r in reports),
+        "data/num_malformed": sum(sum(r.skipped.values()) for r in reports),
+    }
+
+
+class RunData(Protocol):
+    """What a controller needs of its data, whatever the algorithm."""
+
+    @property
+    def train(self) -> Any:
+        """Items the sampler draws training batches from (prompts, conversations, pairs)."""
+
+    @property
+    def held_out(self) -> Any:
+        """Held-out items of the same kind."""
+
+    @property
+    def held_out_prompts(self) -> list[Prompt]:
+        """Prompts for held-out task accuracy; empty when there is no task to score."""
+
+    def metrics(self) -> dict[str, int]:
+        """Counts logged at the start of a run."""
+
+
 @dataclass(frozen=True)
 class PromptData:
     """The prompts of a run: training, held-out, and how each file was read."""
 
-    train: PromptSet | Sequence[Prompt]
+    train: PromptSet
     held_out: list[Prompt]
     reports: list[ScanReport]
 
+    @property
+    def held_out_prompts(self) -> list[Prompt]:
+        return self.held_out
+
     def metrics(self) -> dict[str, int]:
-        """Counts logged at the start of a run."""
-        return {
-            "data/num_train": len(self.train),
-            "data/num_held_out": len(self.held_out),
-            "data/num_too_long": sum(r.num_too_long for r in self.reports),
-            "data/num_malformed": sum(sum(r.skipped.values()) for r in self.reports),
-        }
+        return data_metrics(len(self.train), len(self.held_out), self.reports)
+
+
+@dataclass
+class Tally:
+    """Counts of one scan, turned into a ``ScanReport`` (or an error) at its end."""
+
+    path: str
+    num_rows: int = 0
+    num_too_long: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    lengths: array = field(default_factory=lambda: array("l"))
+    """Token lengths of the kept items."""
+
+    def keep(self, length: int, limit: int) -> bool:
+        """Count an item of ``length`` tokens; true if it fits ``limit``."""
+        if length > limit:
+            self.num_too_long += 1
+            return False
+        self.lengths.append(length)
+        return True
+
+    def report(self, data: DataSection) -> ScanReport:
+        """``ValueError`` when nothing is left to train on."""
+        if self.num_rows == 0:
+            raise ValueError(f"data: {self.path!r} holds no rows")
+        if not self.lengths and not self.num_too_long:
+            raise ValueError(f"data: every row of {self.path!r} is malformed: {dict(self.skipped)}")
+        if not self.lengths:
+            raise ValueError(
+                f"data: all {self.num_too_long} rows of {self.path!r} are longer than "
+                f"data.max_prompt_tokens={data.max_prompt_tokens}"
+            )
+        sizes = np.asarray(self.lengths)
+        percentiles = {f"p{q}": int(np.percentile(sizes, q)) for q in (50, 90, 99)} | {"max": int(sizes.max())}
+        return ScanReport(self.path, self.num_rows, len(sizes), self.num_too_long, dict(self.skipped), percentiles)
+
+
+def convert_rows(
+    rows: RowSource, convert: Callable[[dict[str, Any]], T], data: DataSection, tally: Tally
+) -> Iterator[tuple[int, T]]:
+    """``(key, convert(row))`` for each row up to ``data.max_rows``; a row that cannot be converted is an
+    error naming its place, or skipped and tallied when ``data.skip_malformed``."""
+    last_report = time.monotonic()
+    for key, where, row, error in rows.scan():
+        if data.max_rows is not None and tally.num_rows == data.max_rows:
+            return
+        tally.num_rows += 1
+        if time.monotonic() - last_report > PROGRESS_EVERY_S:
+            print(f"data: {tally.num_rows} rows of {rows.path} read", flush=True)
+            last_report = time.monotonic()
+        try:
+            if error is not None:
+                raise RowError(error)
+            item = convert(row)  # type: ignore[arg-type]  # row is set when error is None
+        except RowError as exc:
+            if not data.skip_malformed:
+                raise ValueError(f"{where}: {exc}; set data.skip_malformed=true to skip such rows") from None
+            tally.skipped[str(exc).split(" (")[0]] += 1
+            continue
+        yield key, item
 
 
 def scan(
     rows: RowSource, mapping: RowMapping, tokenizer: PreTrainedTokenizerBase, data: DataSection
 ) -> tuple[np.ndarray, ScanReport]:
     """Keys of the rows that map to a prompt of at most ``data.max_prompt_tokens`` tokens."""
-    keys, lengths = array("q"), array("l")
-    num_rows, num_too_long, skipped = 0, 0, Counter[str]()
-    last_report = time.monotonic()
-    for key, where, row, error in rows.scan():
-        if data.max_rows is not None and num_rows == data.max_rows:
-            break
-        num_rows += 1
-        if time.monotonic() - last_report > PROGRESS_EVERY_S:
-            print(f"data: {num_rows} rows of {rows.path} read", flush=True)
-            last_report = time.monotonic()
-        try:
-            if error is not None:
-                raise RowError(error)
-            prompt = mapping(row)  # type: ignore[arg-type]  # row is set when error is None
-        except RowError as exc:
-            if not data.skip_malformed:
-                raise ValueError(f"{where}: {exc}; set data.skip_malformed=true to skip such rows") from None
-            skipped[str(exc).split(" (")[0]] += 1
-            continue
-        length = len(render_prompt(tokenizer, prompt.messages, data.system_prompt))
-        if length > data.max_prompt_tokens:
-            num_too_long += 1
-            continue
-        keys.append(key)
-        lengths.append(length)
-    if num_rows == 0:
-        raise ValueError(f"data: {rows.path!r} holds no rows")
-    if skipped and not keys and not num_too_long:
-        raise ValueError(f"data: every row of {rows.path!r} is malformed: {dict(skipped)}")
-    if not keys:
-        raise ValueError(
-            f"data: all {num_rows - sum(skipped.values())} prompts of {rows.path!r} are longer than "
-            f"data.max_prompt_tokens={data.max_prompt_tokens}"
-        )
-    sizes = np.asarray(lengths)
-    percentiles = {f"p{q}": int(np.percentile(sizes, q)) for q in (50, 90, 99)} | {"max": int(sizes.max())}
-    report = ScanReport(rows.path, num_rows, len(keys), num_too_long, dict(skipped), percentiles)
-    return np.asarray(keys, dtype=np.int64), report
+    keys, tally = array("q"), Tally(rows.path)
+    for key, prompt in convert_rows(rows, mapping, data, tally):
+        if tally.keep(len(render_prompt(tokenizer, prompt.messages, data.system_prompt)), data.max_prompt_tokens):
+            keys.append(key)
+    return np.asarray(keys, dtype=np.int64), tally.report(data)
 
 
 def load_prompt_data(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> PromptData:

@@ -1,7 +1,7 @@
 import pytest
 
 from rlstack.data.arithmetic import make_splits
-from rlstack.data.prompts import PromptSampler
+from rlstack.data.prompts import EpochSampler
 
 
 def test_splits_are_disjoint_and_deterministic():
@@ -28,6 +28,6 @@ def test_too_many_eval_problems_names_the_key():
 
 def test_sampler_covers_every_problem_once_per_epoch():
     train, _ = make_splits(1, "+", 1000, 50, 0)
-    sampler = PromptSampler(train, seed=0)
+    sampler = EpochSampler(train, seed=0)
     first_epoch = sampler.next_batch(len(train))
     assert sorted(p.question for p in first_epoch) == sorted(p.question for p in train)

@@ -12,7 +12,7 @@ from rlstack.config import DataSection
 from rlstack.data.chat import render_prompt
 from rlstack.data.dataset import load_prompt_data
 from rlstack.data.examples import gsm8k_rows, verl_rows
-from rlstack.data.prompts import PromptSampler
+from rlstack.data.prompts import EpochSampler
 
 ROOT = Path(__file__).parents[2]
 TOKENIZER = models.load_tokenizer("random:tiny")
@@ -155,17 +155,17 @@ def test_shuffled_order_is_deterministic_for_a_seed(tmp_path):
     first, again = (load_prompt_data(section, TOKENIZER) for _ in range(2))
     other = load_prompt_data(section.model_copy(update={"seed": 4}), TOKENIZER)
     assert everything(first.held_out) == everything(again.held_out) != everything(other.held_out)
-    assert everything(PromptSampler(first.train, 3).next_batch(20)) == everything(
-        PromptSampler(again.train, 3).next_batch(20)
+    assert everything(EpochSampler(first.train, 3).next_batch(20)) == everything(
+        EpochSampler(again.train, 3).next_batch(20)
     )
 
 
 def test_a_resumed_sampler_continues_with_the_next_unseen_prompt(tmp_path):
     data = load(write_jsonl(tmp_path / "rows.jsonl", ROWS))
-    straight = PromptSampler(data.train, seed=5)
+    straight = EpochSampler(data.train, seed=5)
     straight.next_batch(50)  # past the end of the first epoch of 36
     state = json.loads(json.dumps(straight.state()))  # through a checkpoint file
-    resumed = PromptSampler(data.train, seed=5)
+    resumed = EpochSampler(data.train, seed=5)
     resumed.load_state(state)
     assert everything(resumed.next_batch(40)) == everything(straight.next_batch(40))
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from rlstack.config import load_recipe
-from rlstack.controller import Controller
+from rlstack.controller import GRPOController
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +34,7 @@ def test_verl_parquet_columns_reach_the_reward_functions(ray_cluster, tmp_path, 
             "eval.num_samples=1",
         ],
     )
-    with Controller(recipe, tmp_path / "run") as controller:
+    with GRPOController(recipe, tmp_path / "run") as controller:
         summary = controller.run()
     assert summary["greedy_accuracy_before"] == summary["greedy_accuracy_after"] == 1.0
     records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from rlstack.config import load_recipe
-from rlstack.controller import Controller
+from rlstack.controller import GRPOController
 from rlstack.data.batching import shard
 from rlstack.types import Sample, SamplingParams
 
@@ -22,7 +22,7 @@ def test_two_grpo_steps_update_trainer_and_engine_to_the_same_version(ray_cluste
             "rollout.dtype=float32",
         ],
     )
-    with Controller(recipe, tmp_path / "run") as controller:
+    with GRPOController(recipe, tmp_path / "run") as controller:
         initial = controller.trainer.fingerprint()
         assert controller.rollout.fingerprints()[0] == initial  # same seed, same random init
         summary = controller.run()
@@ -51,7 +51,7 @@ def test_trainer_logprobs_match_the_engine(ray_cluster, tmp_path, request):
         request.config.rootpath / "recipes/grpo_tiny_random.yaml",
         ["rollout.dtype=float32", "tracking.wandb=disabled", "algorithm.kl_coef=0"],
     )
-    with Controller(recipe, tmp_path / "parity") as controller:
+    with GRPOController(recipe, tmp_path / "parity") as controller:
         controller.sync_weights()
         prompts = [controller.prompt_ids(p) for p in controller.sampler.next_batch(4)]
         groups = controller.rollout.generate(prompts, SamplingParams(n=2, max_new_tokens=8, temperature=1.0, seed=5))
@@ -73,13 +73,13 @@ def test_resuming_from_a_checkpoint_continues_exactly(ray_cluster, tmp_path, req
         "trainer.num_steps=3",
         "checkpoint.every_steps=1",
     ]
-    with Controller(load_recipe(recipe_file, common), tmp_path / "straight") as controller:
+    with GRPOController(load_recipe(recipe_file, common), tmp_path / "straight") as controller:
         controller.run()
         straight = controller.trainer.fingerprint()
     resumed_recipe = load_recipe(
         recipe_file, [*common, f"checkpoint.resume_from={tmp_path}/straight/checkpoints/step_1"]
     )
-    with Controller(resumed_recipe, tmp_path / "resumed") as controller:
+    with GRPOController(resumed_recipe, tmp_path / "resumed") as controller:
         summary = controller.run()
         resumed = controller.trainer.fingerprint()
     assert resumed == straight

@@ -5,7 +5,7 @@ import ray
 import torch
 
 from rlstack.config import load_recipe
-from rlstack.controller import Controller
+from rlstack.controller import GRPOController
 from rlstack.data.batching import shard
 from rlstack.types import Sample, SamplingParams
 
@@ -40,7 +40,7 @@ def test_two_grpo_steps_on_one_gpu_with_nccl(ray_cluster, tmp_path, request):
             f"reward.functions=[{request.config.rootpath}/tests/assets/rewards.py:batched_length]",
         ],
     )
-    with Controller(recipe, tmp_path / "run") as controller:
+    with GRPOController(recipe, tmp_path / "run") as controller:
         initial = controller.trainer.fingerprint()
         summary = controller.run()
         trained = controller.trainer.fingerprint()
@@ -56,7 +56,7 @@ def test_trainer_and_engine_logprobs_agree_on_gpu(ray_cluster, tmp_path, request
         request.config.rootpath / "recipes/grpo_tiny_random.yaml",
         [*GPU_OVERRIDES, "rollout.dtype=float32", "trainer.compute_dtype=float32", "algorithm.kl_coef=0"],
     )
-    with Controller(recipe, tmp_path / "parity") as controller:
+    with GRPOController(recipe, tmp_path / "parity") as controller:
         controller.sync_weights()
         prompts = [controller.prompt_ids(p) for p in controller.sampler.next_batch(8)]
         groups = controller.rollout.generate(prompts, SamplingParams(n=4, max_new_tokens=16, seed=3))

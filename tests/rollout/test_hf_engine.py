@@ -18,7 +18,7 @@ def engine():
 
 @pytest.fixture(scope="module")
 def prompts(engine):
-    return [render_prompt(engine.tokenizer, f"What is {i} + 1?") for i in range(3)]
+    return [render_prompt(engine.tokenizer, [{"role": "user", "content": f"What is {i} + 1?"}]) for i in range(3)]
 
 
 def test_engine_refuses_to_serve_before_the_first_sync(prompts):

@@ -1,0 +1,168 @@
+"""SFT conversations and DPO preference pairs: from local files or the built-in arithmetic task.
+
+Both are tokenized once at start-up through the chat template (token ids are small next
+to the text), with the same row handling as prompts: line-numbered errors, skipping
+and counting malformed rows, a length cap, and a held-out split.
+"""
+
+import random
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from rlstack.config import DataSection
+from rlstack.data.arithmetic import make_splits
+from rlstack.data.conversations import instruction_to_messages, tokenize_conversation
+from rlstack.data.dataset import RowError, ScanReport, Tally, as_messages, convert_rows, data_metrics, lookup
+from rlstack.data.packing import SFTExample
+from rlstack.data.prompts import Message, Prompt
+from rlstack.data.sources import open_rows
+from rlstack.types import PreferencePair
+
+WRONG_ANSWER_OFFSETS = (-3, -2, -1, 1, 2, 3)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Split(Generic[T]):
+    """Training and held-out items, and how each file was read."""
+
+    train: list[T]
+    held_out: list[T]
+    reports: list[ScanReport]
+    held_out_prompts: list[Prompt]
+    """The built-in task's held-out prompts, for task accuracy; empty for file data."""
+
+    def metrics(self) -> dict[str, int]:
+        return data_metrics(len(self.train), len(self.held_out), self.reports)
+
+
+def sft_messages(row: dict[str, Any]) -> list[Message]:
+    """An SFT row as a chat: ``{"messages": [...]}`` (OpenAI format) or ``{"instruction", "input", "output"}``."""
+    if "messages" in row:
+        messages = list(as_messages(row["messages"]))
+        if not any(m["role"] == "assistant" for m in messages):
+            raise RowError("messages hold no assistant turn to learn from")
+        return messages
+    if "instruction" in row:
+        try:
+            return instruction_to_messages(row)
+        except ValueError as exc:
+            raise RowError(str(exc)) from None
+    raise RowError("missing key 'messages' (or 'instruction')")
+
+
+def response_text(value: Any, key: str) -> str:
+    """A response as text, from a string or a one-message assistant list (TRL's conversational format)."""
+    if isinstance(value, str):
+        return value
+    if (
+        isinstance(value, list)
+        and len(value) == 1
+        and isinstance(value[0], dict)
+        and value[0].get("role") == ("assistant")
+    ):
+        return str(value[0].get("content"))
+    raise RowError(f"{key!r} is neither text nor one assistant message")
+
+
+def pair_of(tokenizer: PreTrainedTokenizerBase, messages: list[Message], chosen: str, rejected: str) -> PreferencePair:
+    """Tokenize both responses after the same prompt; each response is its assistant turn's trained tokens."""
+    responses = []
+    for text in (chosen, rejected):
+        example = tokenize_conversation(tokenizer, [*messages, {"role": "assistant", "content": text}])
+        start = example.loss_mask.index(1)
+        responses.append(tuple(t for t, m in zip(example.input_ids, example.loss_mask, strict=True) if m))
+        prompt_ids = example.input_ids[:start]
+    return PreferencePair(prompt_ids, responses[0], responses[1])
+
+
+def with_system(messages: list[Message], system_prompt: str | None) -> list[Message]:
+    if system_prompt is None or messages[0]["role"] == "system":
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
+def arithmetic_answers(data: DataSection) -> tuple[list[Prompt], list[Prompt]]:
+    return make_splits(data.digits, data.operator, data.num_train, data.num_eval, data.seed)
+
+
+def builtin_sft(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> Split[SFTExample]:
+    """Arithmetic prompts answered correctly, as the prompt asks: with just the number."""
+    train, held_out = arithmetic_answers(data)
+
+    def example(prompt: Prompt) -> SFTExample:
+        chat = [*prompt.messages, {"role": "assistant", "content": str(prompt.fields["answer"])}]
+        return tokenize_conversation(tokenizer, with_system(chat, data.system_prompt))
+
+    return Split([example(p) for p in train], [example(p) for p in held_out], [], held_out)
+
+
+def builtin_pairs(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> Split[PreferencePair]:
+    """Arithmetic prompts with the correct answer chosen over a wrong one (off by 1 to 3), from ``data.seed``."""
+    train, held_out = arithmetic_answers(data)
+    rng = random.Random(data.seed)
+
+    def pair(prompt: Prompt) -> PreferencePair:
+        answer = int(prompt.fields["answer"])
+        wrong = answer + rng.choice(WRONG_ANSWER_OFFSETS)
+        return pair_of(tokenizer, with_system(list(prompt.messages), data.system_prompt), str(answer), str(wrong))
+
+    return Split([pair(p) for p in train], [pair(p) for p in held_out], [], held_out)
+
+
+def load_split(data: DataSection, convert: Any, length: Any) -> Split[T]:
+    """Items of ``data.path`` (and ``eval_path``/``eval_split``, else an ``eval_fraction``), converted and capped."""
+    assert data.path is not None
+    sources = [(data.path, data.split, "data.path")]
+    if data.eval_path is not None or data.eval_split is not None:
+        eval_key = "data.eval_path" if data.eval_path is not None else "data.path"
+        sources.append((data.eval_path or data.path, data.eval_split or data.split, eval_key))
+    parts: list[list[T]] = []
+    reports = []
+    for path, split, key in sources:
+        rows, items = open_rows(path, split, key), []
+        tally = Tally(path)
+        for _, item in convert_rows(rows, convert, data, tally):
+            if tally.keep(length(item), data.max_prompt_tokens):
+                items.append(item)
+        reports.append(tally.report(data))
+        parts.append(items)
+    train = parts[0]
+    if data.shuffle:
+        train = [train[i] for i in np.random.default_rng(data.seed).permutation(len(train))]
+    if len(parts) == 2:
+        held_out = parts[1]
+    else:
+        num_eval = max(1, round(data.eval_fraction * len(train)))
+        if num_eval >= len(train):
+            raise ValueError(f"data.eval_fraction={data.eval_fraction} leaves no training rows of {len(train)}")
+        held_out, train = train[:num_eval], train[num_eval:]
+    return Split(train, held_out[: data.num_eval], reports, [])
+
+
+def load_sft_data(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> Split[SFTExample]:
+    if data.path is None:
+        return builtin_sft(data, tokenizer)
+
+    def convert(row: dict[str, Any]) -> SFTExample:
+        return tokenize_conversation(tokenizer, with_system(sft_messages(row), data.system_prompt))
+
+    return load_split(data, convert, lambda example: len(example.input_ids))
+
+
+def load_preference_data(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> Split[PreferencePair]:
+    if data.path is None:
+        return builtin_pairs(data, tokenizer)
+
+    def convert(row: dict[str, Any]) -> PreferencePair:
+        messages = with_system(list(as_messages(lookup(row, data.prompt_key))), data.system_prompt)
+        chosen = response_text(lookup(row, "chosen"), "chosen")
+        rejected = response_text(lookup(row, "rejected"), "rejected")
+        return pair_of(tokenizer, messages, chosen, rejected)
+
+    return load_split(
+        data, convert, lambda pair: len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
+    )
