@@ -33,6 +33,7 @@ demo:
 bench:
 	@start=$$(date +%s); $(MAKE) --no-print-directory venv; \
 	$(PY) -m rlstack.cli bench reward; \
+	$(PY) -m rlstack.cli bench sft; \
 	$(PY) -m rlstack.cli bench demo --setup-seconds $$(( $$(date +%s) - start ))
 
 clean:

@@ -6,6 +6,7 @@ Commands:
   rlstack demo [--setup-seconds S]            the embedded GRPO recipe via ray job submit
   rlstack bench demo                          the demo, its figures written to docs/results/
   rlstack bench reward                        reward-pool throughput and the cost of a hung call
+  rlstack bench sft                           SFT tokens/s with 1 and 2 FSDP2 ranks, and packing efficiency
 """
 
 import importlib
@@ -17,6 +18,7 @@ COMMANDS = {
     ("demo",): "rlstack.demo",
     ("bench", "demo"): "rlstack.bench_demo",
     ("bench", "reward"): "rlstack.bench_reward",
+    ("bench", "sft"): "rlstack.bench_sft",
 }
 
 

@@ -9,8 +9,11 @@ ENUMERATE_LIMIT = 1_000_000
 
 
 def make_problem(a: int, b: int, operator: str) -> Prompt:
-    """``What is a <op> b? Answer with just the number.``, with the result as the ``answer`` field."""
-    return user_prompt(f"What is {a} {operator} {b}? Answer with just the number.", answer=OPERATIONS[operator](a, b))
+    """``What is a <op> b? Answer with just the number.``, with the result as the ``answer`` field and the
+    worked answer ``a <op> b = result`` (the embedded model's own style) as ``solution``."""
+    result = OPERATIONS[operator](a, b)
+    question = f"What is {a} {operator} {b}? Answer with just the number."
+    return user_prompt(question, answer=result, solution=f"{a} {operator} {b} = {result}")
 
 
 def make_splits(

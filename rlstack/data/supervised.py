@@ -22,6 +22,8 @@ from rlstack.data.sources import open_rows
 from rlstack.types import PreferencePair
 
 WRONG_ANSWER_OFFSETS = (-3, -2, -1, 1, 2, 3)
+WRONG_ANSWER_STYLES = ("{working} = {wrong}", "The answer is {wrong}.")
+"""The embedded model's own two answer styles, worked and plain, for the rejected response."""
 T = TypeVar("T")
 
 
@@ -90,25 +92,27 @@ def arithmetic_answers(data: DataSection) -> tuple[list[Prompt], list[Prompt]]:
 
 
 def builtin_sft(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> Split[SFTExample]:
-    """Arithmetic prompts answered correctly, as the prompt asks: with just the number."""
+    """Arithmetic prompts with correct worked answers, ``a + b = result``."""
     train, held_out = arithmetic_answers(data)
 
     def example(prompt: Prompt) -> SFTExample:
-        chat = [*prompt.messages, {"role": "assistant", "content": str(prompt.fields["answer"])}]
+        chat = [*prompt.messages, {"role": "assistant", "content": prompt.fields["solution"]}]
         return tokenize_conversation(tokenizer, with_system(chat, data.system_prompt))
 
     return Split([example(p) for p in train], [example(p) for p in held_out], [], held_out)
 
 
 def builtin_pairs(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> Split[PreferencePair]:
-    """Arithmetic prompts with the correct answer chosen over a wrong one (off by 1 to 3), from ``data.seed``."""
+    """Arithmetic prompts with the correct worked answer chosen over a wrong one (off by 1 to 3), worked or
+    plain at random (``WRONG_ANSWER_STYLES``), from ``data.seed``."""
     train, held_out = arithmetic_answers(data)
     rng = random.Random(data.seed)
 
     def pair(prompt: Prompt) -> PreferencePair:
-        answer = int(prompt.fields["answer"])
-        wrong = answer + rng.choice(WRONG_ANSWER_OFFSETS)
-        return pair_of(tokenizer, with_system(list(prompt.messages), data.system_prompt), str(answer), str(wrong))
+        solution, answer = prompt.fields["solution"], prompt.fields["answer"]
+        working = solution.rpartition(" = ")[0]
+        wrong = rng.choice(WRONG_ANSWER_STYLES).format(working=working, wrong=answer + rng.choice(WRONG_ANSWER_OFFSETS))
+        return pair_of(tokenizer, with_system(list(prompt.messages), data.system_prompt), solution, wrong)
 
     return Split([pair(p) for p in train], [pair(p) for p in held_out], [], held_out)
 

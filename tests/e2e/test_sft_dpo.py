@@ -60,3 +60,15 @@ def test_dpo_raises_the_chosen_margin(ray_cluster, tmp_path, request, mode):
     assert steps[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
     assert steps[-1]["rewards/margin"] > 0 and steps[-1]["loss"] < steps[0]["loss"]  # fresh pairs each step
     assert summary["policy_version"] == 3 and "preference_accuracy_after" in summary
+
+
+def test_an_sft_checkpoint_is_the_starting_model_of_dpo(ray_cluster, tmp_path, request):
+    tiny = request.config.rootpath / "recipes/grpo_tiny_random.yaml"
+    sft = load_recipe(tiny, ["algorithm.name=sft", *COMMON, "trainer.num_steps=1", "eval.every_steps=0"])
+    with SFTController(sft, tmp_path / "sft") as controller:
+        summary = controller.run()
+        trained = controller.trainer.fingerprint()
+    dpo = load_recipe(tiny, ["algorithm.name=dpo", *COMMON, f"model.path={summary['checkpoint']}"])
+    with DPOController(dpo, tmp_path / "dpo") as controller:
+        assert controller.trainer.fingerprint() == trained
+        assert controller.rollout.fingerprints()[0] == pytest.approx(trained)
