@@ -3,6 +3,8 @@
 Commands:
   rlstack train RECIPE [key.path=value ...]   train with a local Ray (or the one in RAY_ADDRESS)
   rlstack data inspect FILE [--recipe R]      row count, prompt lengths and reward fields of a data file
+  rlstack serve [--host H] [--port P]         the HTTP run service (OpenAPI docs at /docs)
+  rlstack runs submit|list|show|logs|cancel   the service's command-line client
   rlstack demo [--setup-seconds S]            the embedded GRPO recipe via ray job submit
   rlstack bench demo                          the demo, its figures written to docs/results/
   rlstack bench reward                        reward-pool throughput and the cost of a hung call
@@ -15,6 +17,8 @@ import sys
 COMMANDS = {
     ("train",): "rlstack.train",
     ("data", "inspect"): "rlstack.inspect_data",
+    ("serve",): "rlstack.api.serve",
+    ("runs",): "rlstack.api.client",
     ("demo",): "rlstack.demo",
     ("bench", "demo"): "rlstack.bench_demo",
     ("bench", "reward"): "rlstack.bench_reward",

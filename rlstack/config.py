@@ -9,6 +9,7 @@ Overrides use dotted paths, ``trainer.lr=2e-6``; the value is parsed as YAML, so
 """
 
 import difflib
+import json
 import string
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -361,7 +362,7 @@ def _known_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-def _describe(error: Any) -> str:
+def describe_error(error: Any) -> str:
     loc = tuple(error["loc"])
     key = ".".join(str(part) for part in loc)
     if error["type"] == "extra_forbidden":
@@ -375,17 +376,24 @@ def parse_recipe(tree: dict[str, Any]) -> Recipe:
     try:
         return Recipe.model_validate(tree)
     except ValidationError as exc:
-        raise RecipeError("invalid recipe: " + "; ".join(_describe(e) for e in exc.errors())) from None
+        raise RecipeError("invalid recipe: " + "; ".join(describe_error(e) for e in exc.errors())) from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:  # type: ignore[assignment]
-    """Read a YAML recipe, apply ``a.b=value`` overrides and validate."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe file {str(path)!r} does not exist")
-    tree = yaml.safe_load(path.read_text()) or {}
+def load_recipe(source: str | Path, overrides: list[str] = ()) -> Recipe:  # type: ignore[assignment]
+    """Read a YAML recipe file (or a recipe given inline as a JSON object), apply ``a.b=value`` overrides and
+    validate."""
+    if isinstance(source, str) and source.lstrip().startswith("{"):
+        try:
+            tree = json.loads(source)
+        except json.JSONDecodeError as exc:
+            raise RecipeError(f"inline recipe is not valid JSON: {exc}") from None
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise RecipeError(f"recipe file {str(path)!r} does not exist")
+        tree = yaml.safe_load(path.read_text()) or {}
     if not isinstance(tree, dict):
-        raise RecipeError(f"recipe file {str(path)!r} must hold a mapping of sections")
+        raise RecipeError(f"recipe {str(source)[:200]!r} must hold a mapping of sections")
     for override in overrides:
         apply_override(tree, override)
     return parse_recipe(tree)

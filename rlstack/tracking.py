@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from rlstack.config import Recipe
+from rlstack.reporting import Reporter
 
 CONSOLE_KEYS = (
     "reward/mean",
@@ -37,7 +38,10 @@ class Tracker:
     """Writes each step's metrics to every sink; ``metrics.jsonl`` is the record the plot reads."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, total_steps: int):
-        self.file = (run_dir / "metrics.jsonl").open("a")
+        path = run_dir / "metrics.jsonl"
+        self.seq = len(path.read_text().splitlines()) if path.exists() else 0
+        self.file = path.open("a")
+        self.reporter = Reporter.from_env()
         self.console = Console(stderr=False) if recipe.tracking.console else None
         self.progress: Progress | None = None
         if self.console is not None:
@@ -68,6 +72,9 @@ class Tracker:
         record = {"step": step, "time": time.time(), **metrics}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        if self.reporter is not None:
+            self.reporter.send(self.seq, record)
+        self.seq += 1
         if self.run is not None:
             self.run.log(metrics, step=step)
         if self.console is not None and self.progress is not None:
@@ -83,6 +90,8 @@ class Tracker:
             self.progress.stop()
         if self.run is not None:
             self.run.finish()
+        if self.reporter is not None:
+            self.reporter.close()
         self.file.close()
 
 

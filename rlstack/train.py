@@ -49,7 +49,7 @@ def run_dir_for(recipe: Recipe) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlstack train", description=__doc__.splitlines()[0])
-    parser.add_argument("recipe", help="path to a YAML recipe")
+    parser.add_argument("recipe", help="path to a YAML recipe, or a recipe as inline JSON (as the run service sends)")
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. trainer.lr=2e-6")
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # a job's log is a pipe: show each step as it ends

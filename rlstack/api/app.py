@@ -1,0 +1,334 @@
+"""The run service's FastAPI application: routes, authentication, limits and background reconciliation."""
+
+import asyncio
+import json
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import ValidationError
+from sse_starlette.sse import EventSourceResponse
+
+from rlstack.api.jobs import ROOT, Jobs
+from rlstack.api.limits import BodyLimit
+from rlstack.api.schemas import (
+    AdoptRequest,
+    Checkpoint,
+    MetricPoint,
+    RecipeInfo,
+    Report,
+    RunCreated,
+    RunPage,
+    RunRequest,
+    RunView,
+    Status,
+)
+from rlstack.api.store import STATUSES, TERMINAL, RunRecord, Store
+from rlstack.config import Recipe, RecipeError, apply_override, describe_error
+from rlstack.reporting import ENV_RUN, ENV_TOKEN, ENV_URL
+
+RECIPES = ROOT / "recipes"
+PAGE = Path(__file__).parent / "static" / "index.html"
+EVENT_POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class Settings:
+    token: str
+    """Bearer token that every route but ``/health`` requires."""
+    db_url: str
+    """SQLAlchemy URL of the run store."""
+    ray_address: str
+    """The Ray dashboard, where jobs are submitted."""
+    runs_dir: Path
+    """Where runs launched here write their run directories."""
+    public_url: str
+    """How a job reaches this service to report metrics."""
+    max_body_bytes: int = 1_000_000
+    """Larger request bodies get 413."""
+    reconcile_s: float = 2.0
+    """How often run status is reconciled with Ray and adopted runs' files are read."""
+
+
+def recipe_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """Each bad field's path in the recipe and the reason, with a suggestion for a misspelt key."""
+    return [{"loc": ["recipe", *e["loc"]], "msg": describe_error(e), "type": e["type"]} for e in exc.errors()]
+
+
+def view(run: RunRecord) -> RunView:
+    return RunView(
+        id=run.id, name=run.name, status=run.status, job_id=run.job_id, run_dir=run.run_dir, step=run.step,  # type: ignore[arg-type]
+        latest=run.latest or {}, recipe=run.recipe, created_at=run.created_at, started_at=run.started_at,
+        ended_at=run.ended_at, message=run.message, adopted=run.adopted,
+    )  # fmt: skip
+
+
+def read_jsonl(run_dir: str) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` of every complete line of a run's ``metrics.jsonl``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for seq, line in enumerate(path.read_text().splitlines()):
+        try:
+            records.append((seq, json.loads(line)))
+        except json.JSONDecodeError:
+            break  # a line still being written
+    return records
+
+
+def create_app(settings: Settings, jobs: Jobs | None = None) -> FastAPI:
+    store = Store(settings.db_url)
+    jobs = jobs or Jobs(settings.ray_address)
+    registry = CollectorRegistry()
+    requests = Counter("rlstack_http_requests", "HTTP requests", ["method", "route", "code"], registry=registry)
+    latency = Histogram("rlstack_http_seconds", "HTTP request latency", ["method", "route"], registry=registry)
+    runs_gauge = Gauge("rlstack_runs", "Runs by status", ["status"], registry=registry)
+
+    def reconcile() -> None:
+        """Bring each active run's status in line with Ray's; read adopted runs' files; sweep ended runs."""
+        for run in store.active():
+            if run.adopted:
+                store.add_metrics(run.id, read_jsonl(run.run_dir))
+            status, message = jobs.status(run.job_id)
+            if status != run.status:
+                if status in TERMINAL:
+                    store.add_metrics(run.id, read_jsonl(run.run_dir))  # whatever a report missed
+                store.set_status(run.id, status, message)
+
+    async def reconcile_forever() -> None:
+        while True:
+            try:
+                await asyncio.to_thread(reconcile)
+            except Exception as exc:  # the loop must outlive a hiccup of Ray or the database
+                print(f"rlstack serve: reconcile failed: {exc!r}", flush=True)
+            await asyncio.sleep(settings.reconcile_s)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(reconcile_forever())
+        yield
+        task.cancel()
+
+    app = FastAPI(
+        title="rlstack run service",
+        version="1",
+        description="Launch, monitor and manage rlstack training runs as Ray jobs.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Any) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        latency.labels(request.method, route).observe(time.perf_counter() - start)
+        requests.labels(request.method, route, str(response.status_code)).inc()
+        return response
+
+    bearer = HTTPBearer(auto_error=False)
+
+    def supplied_token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        token: Annotated[str | None, Query(description="The token, for clients that cannot set headers")] = None,
+    ) -> str:
+        return credentials.credentials if credentials is not None else (token or "")
+
+    def authorized(supplied: Annotated[str, Depends(supplied_token)]) -> None:
+        if not secrets.compare_digest(supplied.encode(), settings.token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    auth = [Depends(authorized)]
+
+    def known(run_id: str) -> RunRecord:
+        run = store.get(run_id)
+        if run is None:
+            raise HTTPException(404, f"no run {run_id!r}")
+        return run
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        """Liveness; needs no token."""
+        return {"status": "ok"}
+
+    @app.get("/metrics", dependencies=auth, response_class=PlainTextResponse)
+    def prometheus() -> Response:
+        """Prometheus metrics: requests, latency, runs by status."""
+        counts = store.counts()
+        for status in STATUSES:
+            runs_gauge.labels(status).set(counts.get(status, 0))
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/recipes", dependencies=auth)
+    def recipes() -> list[RecipeInfo]:
+        """The shipped recipes, with their opening comments."""
+        result = []
+        for path in sorted(RECIPES.glob("*.yaml")):
+            comment = [line.removeprefix("#").strip() for line in path.read_text().splitlines() if line.startswith("#")]
+            result.append(RecipeInfo(name=path.stem, path=str(path.relative_to(ROOT)), description=" ".join(comment)))
+        return result
+
+    @app.post("/v1/runs", dependencies=auth, status_code=201, responses={422: {"description": "Invalid recipe"}})
+    def submit(request: RunRequest) -> RunCreated:
+        """Validate a recipe and start it as a Ray job; the run outlives a restart of the service."""
+        if (request.recipe is None) == (request.recipe_name is None):
+            raise HTTPException(422, [{"loc": ["body"], "msg": "give exactly one of 'recipe' and 'recipe_name'"}])
+        if request.recipe is not None:
+            tree = request.recipe.model_dump(mode="json")
+        else:
+            path = RECIPES / f"{request.recipe_name}.yaml"
+            if not path.is_file() or path.parent != RECIPES:
+                raise HTTPException(
+                    422, [{"loc": ["body", "recipe_name"], "msg": f"no recipe {request.recipe_name!r}"}]
+                )
+            tree = yaml.safe_load(path.read_text())
+        run_id = uuid.uuid4().hex[:12]
+        try:
+            for override in request.overrides:
+                apply_override(tree, override)
+            tree.setdefault("tracking", {})
+            name = tree["tracking"].get("name") or tree.get("name", "recipe")
+            tree["tracking"].update(run_root=str(settings.runs_dir.resolve()), name=run_id)
+            recipe = Recipe.model_validate(tree)
+        except RecipeError as exc:
+            raise HTTPException(422, [{"loc": ["body", "overrides"], "msg": str(exc)}]) from None
+        except ValidationError as exc:
+            raise HTTPException(422, recipe_errors(exc)) from None
+        report_token = secrets.token_urlsafe(24)
+        env = {ENV_URL: settings.public_url, ENV_TOKEN: report_token, ENV_RUN: run_id}
+        try:
+            job_id = jobs.submit(run_id, recipe.model_dump(mode="json"), env)
+        except (RuntimeError, ConnectionError) as exc:
+            raise HTTPException(503, f"Ray did not take the job: {exc}") from None
+        store.add_run(
+            RunRecord(
+                id=run_id, name=str(name), status="pending", job_id=job_id,
+                run_dir=str(settings.runs_dir.resolve() / run_id), recipe=recipe.model_dump(mode="json"),
+                report_token=report_token, adopted=False, created_at=time.time(), step=-1, latest={},
+            )
+        )  # fmt: skip
+        return RunCreated(id=run_id, status="pending")
+
+    @app.post("/v1/runs/adopt", dependencies=auth, status_code=201)
+    def adopt(request: AdoptRequest) -> RunCreated:
+        """Track a run started with plain ``ray job submit``, reading its run directory's ``metrics.jsonl``."""
+        recipe_file = Path(request.run_dir) / "recipe.yaml"
+        if not recipe_file.is_file():
+            raise HTTPException(422, [{"loc": ["body", "run_dir"], "msg": f"{request.run_dir!r} holds no recipe.yaml"}])
+        status, message = jobs.status(request.job_id)
+        if message and message.startswith("Ray has no job"):
+            raise HTTPException(422, [{"loc": ["body", "job_id"], "msg": message}])
+        recipe = yaml.safe_load(recipe_file.read_text())
+        run_id = uuid.uuid4().hex[:12]
+        store.add_run(
+            RunRecord(
+                id=run_id, name=str(recipe.get("name", "adopted")), status=status, job_id=request.job_id,
+                run_dir=request.run_dir, recipe=recipe, report_token=secrets.token_urlsafe(24), adopted=True,
+                created_at=time.time(), step=-1, latest={}, message=message,
+            )
+        )  # fmt: skip
+        store.add_metrics(run_id, read_jsonl(request.run_dir))
+        return RunCreated(id=run_id, status=status)  # type: ignore[arg-type]
+
+    @app.get("/v1/runs", dependencies=auth)
+    def list_runs(
+        status: Status | None = None,
+        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    ) -> RunPage:
+        """Runs, newest first, filtered by status and paginated."""
+        runs, total = store.page(status, offset, limit)
+        return RunPage(runs=[view(r) for r in runs], total=total, offset=offset, limit=limit)
+
+    @app.get("/v1/runs/{run_id}", dependencies=auth, responses={404: {"description": "Unknown run"}})
+    def get_run(run_id: str) -> RunView:
+        """Status, step, latest metrics, config, timestamps and run directory."""
+        return view(known(run_id))
+
+    @app.get("/v1/runs/{run_id}/metrics", dependencies=auth, responses={404: {"description": "Unknown run"}})
+    def metrics(run_id: str, since: Annotated[int, Query(ge=-1, le=10**9)] = 0) -> list[MetricPoint]:
+        """The metric records of steps ``>= since``, in the order they were logged."""
+        known(run_id)
+        return [MetricPoint(seq=m.seq, step=m.step, time=m.time, values=m.values) for m in store.metrics(run_id, since)]
+
+    @app.get("/v1/runs/{run_id}/events", dependencies=auth, responses={404: {"description": "Unknown run"}})
+    async def events(run_id: str, request: Request) -> EventSourceResponse:
+        """Server-Sent Events: ``status`` on every status change, ``metric`` for every new record; the stream ends
+        when the run has ended and every record was sent."""
+        known(run_id)
+
+        async def stream() -> AsyncIterator[dict[str, str]]:
+            sent, status = -1, None
+            while not await request.is_disconnected():
+                run = await asyncio.to_thread(store.get, run_id)
+                assert run is not None
+                for m in await asyncio.to_thread(store.metrics, run_id, -1, sent):
+                    point = MetricPoint(seq=m.seq, step=m.step, time=m.time, values=m.values)
+                    yield {"event": "metric", "id": str(m.seq), "data": point.model_dump_json()}
+                    sent = m.seq
+                if run.status != status:
+                    status = run.status
+                    yield {"event": "status", "data": json.dumps({"status": status, "step": run.step})}
+                if status in TERMINAL:
+                    return
+                await asyncio.sleep(EVENT_POLL_S)
+
+        return EventSourceResponse(stream())
+
+    @app.get("/v1/runs/{run_id}/logs", dependencies=auth, response_class=PlainTextResponse)
+    def logs(run_id: str, follow: bool = False) -> Response:
+        """The Ray job's logs; ``follow=true`` streams them until the job ends."""
+        run = known(run_id)
+        if follow:
+            return StreamingResponse(jobs.follow(run.job_id), media_type="text/plain")
+        return PlainTextResponse(jobs.logs(run.job_id))
+
+    @app.post("/v1/runs/{run_id}/cancel", dependencies=auth, status_code=202)
+    def cancel(run_id: str) -> RunView:
+        """Ask Ray to stop the run's job; idempotent, and a no-op on an ended run."""
+        run = known(run_id)
+        if run.status not in TERMINAL:
+            jobs.stop(run.job_id)
+        return view(known(run_id))
+
+    @app.get("/v1/runs/{run_id}/checkpoints", dependencies=auth)
+    def checkpoints(run_id: str) -> list[Checkpoint]:
+        """The run's checkpoints, oldest first."""
+        found = sorted(
+            (Path(known(run_id).run_dir) / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1])
+        )
+        return [
+            Checkpoint(step=int(p.name.split("_")[1]), path=str(p), files=sorted(f.name for f in p.iterdir()))
+            for p in found
+        ]
+
+    @app.post("/v1/runs/{run_id}/report", status_code=204)
+    def report(run_id: str, body: Report, supplied: Annotated[str, Depends(supplied_token)]) -> None:
+        """Metric records from the run's controller; takes the run's own report token or the service token."""
+        run = store.get(run_id)
+        valid = run is not None and any(
+            secrets.compare_digest(supplied.encode(), t.encode()) for t in (run.report_token, settings.token)
+        )
+        if not valid:
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        store.add_metrics(run_id, body.records)
+        if run is not None and run.status == "pending":
+            store.set_status(run_id, "running")
+
+    @app.get("/", dependencies=auth, response_class=HTMLResponse, include_in_schema=False)
+    @app.get("/runs/{run_id}", dependencies=auth, response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text())
+
+    return app

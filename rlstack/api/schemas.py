@@ -1,0 +1,92 @@
+"""Request and response bodies of the run service."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rlstack.config import Recipe
+
+Status = Literal["pending", "running", "succeeded", "failed", "stopped"]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class RunRequest(Body):
+    """A recipe as JSON, or a shipped recipe's name; overrides apply to either."""
+
+    recipe: Recipe | None = None
+    """The recipe, in the schema of the YAML files."""
+    recipe_name: str | None = Field(default=None, max_length=200)
+    """A shipped recipe, e.g. ``grpo_tiny_random`` (see ``GET /v1/recipes``)."""
+    overrides: list[str] = Field(default=[], max_length=100)
+    """``a.b.c=value`` overrides, as on the command line."""
+
+
+class RunCreated(Body):
+    id: str
+    """The run id, also the Ray job's submission id."""
+    status: Status
+
+
+class RunView(Body):
+    id: str
+    name: str
+    status: Status
+    job_id: str
+    run_dir: str
+    step: int
+    """The last step with metrics; -1 before the first."""
+    latest: dict[str, Any]
+    """The latest value of every metric logged so far."""
+    recipe: dict[str, Any]
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    message: str | None
+    """Ray's message about the job, e.g. why it failed."""
+    adopted: bool
+    """Started outside the service and adopted from its run directory."""
+
+
+class RunPage(Body):
+    runs: list[RunView]
+    total: int
+    offset: int
+    limit: int
+
+
+class MetricPoint(Body):
+    seq: int
+    """Line number in the run's ``metrics.jsonl``."""
+    step: int
+    time: float
+    """When the controller logged it (Unix seconds)."""
+    values: dict[str, Any]
+
+
+class Report(Body):
+    """Metric records a running controller sends, with their ``metrics.jsonl`` line numbers."""
+
+    records: list[tuple[int, dict[str, Any]]] = Field(max_length=1000)
+
+
+class AdoptRequest(Body):
+    """A run started with plain ``ray job submit``: its job id and run directory."""
+
+    job_id: str = Field(max_length=100)
+    run_dir: str = Field(max_length=1000)
+
+
+class Checkpoint(Body):
+    step: int
+    path: str
+    files: list[str]
+
+
+class RecipeInfo(Body):
+    name: str
+    path: str
+    description: str
+    """The recipe's opening comment."""

@@ -1,0 +1,96 @@
+"""``rlstack serve``: the HTTP run service, on a local Ray (started if none runs) or one given by address.
+
+The OpenAPI docs are at ``/docs``. Every route but ``/health`` needs the bearer token:
+the one passed with ``--token`` (or ``RLSTACK_SERVICE_TOKEN``), else one generated on
+first start and kept in ``--token-file`` with mode 0600. Binding to an address other
+than loopback needs an explicit token.
+"""
+
+import argparse
+import ipaddress
+import os
+import secrets
+import socket
+import sys
+from pathlib import Path
+
+DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
+STATE_DIR = Path.home() / ".rlstack"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def stored_token(path: Path) -> str:
+    """The token in ``path``, created with mode 0600 on first use."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def dashboard_address(requested: str | None) -> str:
+    """The requested Ray dashboard, or the local one, starting a Ray head that outlives the service if needed."""
+    from ray.job_submission import JobSubmissionClient
+
+    from rlstack.demo import cluster_env, start_head
+    from rlstack.train import LOCAL_OBJECT_STORE_BYTES
+
+    if requested:
+        return requested
+    try:
+        JobSubmissionClient(DEFAULT_DASHBOARD)
+        return DEFAULT_DASHBOARD
+    except (ConnectionError, RuntimeError):
+        print("rlstack serve: no Ray at 127.0.0.1:8265; starting a local head (stop it with `ray stop`)", flush=True)
+        start_head(cluster_env(), "--include-dashboard=true", f"--object-store-memory={LOCAL_OBJECT_STORE_BYTES}")
+        return DEFAULT_DASHBOARD
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlstack serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--ray-address", help=f"Ray dashboard URL (default: {DEFAULT_DASHBOARD}, started if absent)")
+    parser.add_argument("--db", default=f"sqlite:///{STATE_DIR / 'service.db'}", help="SQLAlchemy URL of the store")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where launched runs write")
+    parser.add_argument("--token", default=os.environ.get("RLSTACK_SERVICE_TOKEN"), help="the bearer token")
+    parser.add_argument("--token-file", type=Path, default=STATE_DIR / "service_token")
+    parser.add_argument("--public-url", help="how jobs reach the service (default: http://<host>:<port>)")
+    args = parser.parse_args(argv)
+    if not is_loopback(args.host) and not args.token:
+        print(f"rlstack serve: error: binding to {args.host} needs --token or RLSTACK_SERVICE_TOKEN", file=sys.stderr)
+        return 2
+    token = args.token or stored_token(args.token_file)
+    if args.db.startswith("sqlite:///"):
+        Path(args.db.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+    import uvicorn
+
+    from rlstack.api.app import Settings, create_app
+
+    reachable = socket.gethostname() if args.host in ("0.0.0.0", "::") else args.host
+    settings = Settings(
+        token=token,
+        db_url=args.db,
+        ray_address=dashboard_address(args.ray_address),
+        runs_dir=args.runs_dir,
+        public_url=args.public_url or f"http://{reachable}:{args.port}",
+    )
+    where = "the environment" if args.token else args.token_file
+    print(f"rlstack serve: http://{args.host}:{args.port}/docs  (bearer token in {where})", flush=True)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
