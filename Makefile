@@ -38,6 +38,7 @@ bench:
 	@start=$$(date +%s); $(MAKE) --no-print-directory venv; \
 	$(PY) -m rlstack.cli bench reward; \
 	$(PY) -m rlstack.cli bench sft; \
+	$(PY) -m rlstack.cli bench service; \
 	$(PY) -m rlstack.cli bench demo --setup-seconds $$(( $$(date +%s) - start ))
 
 clean:

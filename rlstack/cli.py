@@ -8,6 +8,7 @@ Commands:
   rlstack demo [--setup-seconds S]            the embedded GRPO recipe via ray job submit
   rlstack bench demo                          the demo, its figures written to docs/results/
   rlstack bench reward                        reward-pool throughput and the cost of a hung call
+  rlstack bench service                       run-service latency under 50 clients, and SSE delay, while a run trains
   rlstack bench sft                           SFT tokens/s with 1 and 2 FSDP2 ranks, and packing efficiency
 """
 
@@ -23,6 +24,7 @@ COMMANDS = {
     ("bench", "demo"): "rlstack.bench_demo",
     ("bench", "reward"): "rlstack.bench_reward",
     ("bench", "sft"): "rlstack.bench_sft",
+    ("bench", "service"): "rlstack.bench_service",
 }
 
 

@@ -16,11 +16,12 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from sse_starlette.sse import EventSourceResponse
 
+from rlstack.api.cache import ResponseCache
 from rlstack.api.jobs import ROOT, Jobs
-from rlstack.api.limits import BodyLimit
+from rlstack.api.middleware import BodyLimit, RequestMetrics
 from rlstack.api.schemas import (
     AdoptRequest,
     Checkpoint,
@@ -40,6 +41,7 @@ from rlstack.reporting import ENV_RUN, ENV_TOKEN, ENV_URL
 RECIPES = ROOT / "recipes"
 PAGE = Path(__file__).parent / "static" / "index.html"
 EVENT_POLL_S = 0.2
+MetricPoints = TypeAdapter(list[MetricPoint])
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,11 @@ def view(run: RunRecord) -> RunView:
     )  # fmt: skip
 
 
+def as_json(body: BaseModel, status_code: int = 200) -> Response:
+    """Pydantic's own JSON, in which a NaN metric becomes ``null`` rather than an error."""
+    return Response(body.model_dump_json(), status_code=status_code, media_type="application/json")
+
+
 def read_jsonl(run_dir: str) -> list[tuple[int, dict[str, Any]]]:
     """``(line number, record)`` of every complete line of a run's ``metrics.jsonl``."""
     path = Path(run_dir) / "metrics.jsonl"
@@ -98,13 +105,14 @@ def create_app(settings: Settings, jobs: Jobs | None = None) -> FastAPI:
     def reconcile() -> None:
         """Bring each active run's status in line with Ray's; read adopted runs' files; sweep ended runs."""
         for run in store.active():
-            if run.adopted:
-                store.add_metrics(run.id, read_jsonl(run.run_dir))
+            if run.adopted and store.add_metrics(run.id, read_jsonl(run.run_dir)):
+                changed(run.id)
             status, message = jobs.status(run.job_id)
             if status != run.status:
                 if status in TERMINAL:
                     store.add_metrics(run.id, read_jsonl(run.run_dir))  # whatever a report missed
                 store.set_status(run.id, status, message)
+                changed(run.id)
 
     async def reconcile_forever() -> None:
         while True:
@@ -128,28 +136,26 @@ def create_app(settings: Settings, jobs: Jobs | None = None) -> FastAPI:
     )
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Any) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        latency.labels(request.method, route).observe(time.perf_counter() - start)
-        requests.labels(request.method, route, str(response.status_code)).inc()
-        return response
+    app.add_middleware(RequestMetrics, requests=requests, latency=latency)
 
     bearer = HTTPBearer(auto_error=False)
 
-    def supplied_token(
+    async def supplied_token(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
         token: Annotated[str | None, Query(description="The token, for clients that cannot set headers")] = None,
     ) -> str:
         return credentials.credentials if credentials is not None else (token or "")
 
-    def authorized(supplied: Annotated[str, Depends(supplied_token)]) -> None:
+    async def authorized(supplied: Annotated[str, Depends(supplied_token)]) -> None:
         if not secrets.compare_digest(supplied.encode(), settings.token.encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     auth = [Depends(authorized)]
+
+    cache = ResponseCache()
+
+    def changed(run_id: str) -> None:
+        cache.drop(run_id)
 
     def known(run_id: str) -> RunRecord:
         run = store.get(run_id)
@@ -224,7 +230,11 @@ def create_app(settings: Settings, jobs: Jobs | None = None) -> FastAPI:
     def adopt(request: AdoptRequest) -> RunCreated:
         """Track a run started with plain ``ray job submit``, reading its run directory's ``metrics.jsonl``."""
         recipe_file = Path(request.run_dir) / "recipe.yaml"
-        if not recipe_file.is_file():
+        try:
+            readable = recipe_file.is_file()
+        except (OSError, ValueError):  # a name too long, a NUL byte
+            readable = False
+        if not readable:
             raise HTTPException(422, [{"loc": ["body", "run_dir"], "msg": f"{request.run_dir!r} holds no recipe.yaml"}])
         status, message = jobs.status(request.job_id)
         if message and message.startswith("Ray has no job"):
@@ -241,26 +251,42 @@ def create_app(settings: Settings, jobs: Jobs | None = None) -> FastAPI:
         store.add_metrics(run_id, read_jsonl(request.run_dir))
         return RunCreated(id=run_id, status=status)  # type: ignore[arg-type]
 
-    @app.get("/v1/runs", dependencies=auth)
+    @app.get("/v1/runs", dependencies=auth, response_model=RunPage)
     def list_runs(
         status: Status | None = None,
         offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    ) -> RunPage:
+    ) -> Response:
         """Runs, newest first, filtered by status and paginated."""
         runs, total = store.page(status, offset, limit)
-        return RunPage(runs=[view(r) for r in runs], total=total, offset=offset, limit=limit)
+        return as_json(RunPage(runs=[view(r) for r in runs], total=total, offset=offset, limit=limit))
 
-    @app.get("/v1/runs/{run_id}", dependencies=auth, responses={404: {"description": "Unknown run"}})
-    def get_run(run_id: str) -> RunView:
+    @app.get(
+        "/v1/runs/{run_id}", dependencies=auth, response_model=RunView, responses={404: {"description": "Unknown run"}}
+    )
+    async def get_run(run_id: str) -> Response:
         """Status, step, latest metrics, config, timestamps and run directory."""
-        return view(known(run_id))
+        body = cache.get(run_id, "run", lambda: view(known(run_id)).model_dump_json().encode())
+        return Response(body, media_type="application/json")
 
-    @app.get("/v1/runs/{run_id}/metrics", dependencies=auth, responses={404: {"description": "Unknown run"}})
-    def metrics(run_id: str, since: Annotated[int, Query(ge=-1, le=10**9)] = 0) -> list[MetricPoint]:
-        """The metric records of steps ``>= since``, in the order they were logged."""
-        known(run_id)
-        return [MetricPoint(seq=m.seq, step=m.step, time=m.time, values=m.values) for m in store.metrics(run_id, since)]
+    @app.get(
+        "/v1/runs/{run_id}/metrics",
+        dependencies=auth,
+        response_model=list[MetricPoint],
+        responses={404: {"description": "Unknown run"}},
+    )
+    async def metrics(run_id: str, since: Annotated[int, Query(ge=-1, le=10**9)] = 0) -> Response:
+        """The metric records of steps ``>= since``, in the order they were logged (rendered in the event loop:
+        a cache miss is one indexed query, and a hit needs no thread)."""
+
+        def render() -> bytes:
+            known(run_id)
+            points = [
+                MetricPoint(seq=m.seq, step=m.step, time=m.time, values=m.values) for m in store.metrics(run_id, since)
+            ]
+            return MetricPoints.dump_json(points)
+
+        return Response(cache.get(run_id, f"metrics:{since}", render), media_type="application/json")
 
     @app.get("/v1/runs/{run_id}/events", dependencies=auth, responses={404: {"description": "Unknown run"}})
     async def events(run_id: str, request: Request) -> EventSourceResponse:
@@ -294,13 +320,14 @@ def create_app(settings: Settings, jobs: Jobs | None = None) -> FastAPI:
             return StreamingResponse(jobs.follow(run.job_id), media_type="text/plain")
         return PlainTextResponse(jobs.logs(run.job_id))
 
-    @app.post("/v1/runs/{run_id}/cancel", dependencies=auth, status_code=202)
-    def cancel(run_id: str) -> RunView:
+    @app.post("/v1/runs/{run_id}/cancel", dependencies=auth, status_code=202, response_model=RunView)
+    def cancel(run_id: str) -> Response:
         """Ask Ray to stop the run's job; idempotent, and a no-op on an ended run."""
         run = known(run_id)
         if run.status not in TERMINAL:
             jobs.stop(run.job_id)
-        return view(known(run_id))
+        changed(run_id)
+        return as_json(view(known(run_id)), status_code=202)
 
     @app.get("/v1/runs/{run_id}/checkpoints", dependencies=auth)
     def checkpoints(run_id: str) -> list[Checkpoint]:
@@ -322,9 +349,10 @@ def create_app(settings: Settings, jobs: Jobs | None = None) -> FastAPI:
         )
         if not valid:
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-        store.add_metrics(run_id, body.records)
+        store.add_metrics(run_id, [(seq, record.model_dump()) for seq, record in body.records])
         if run is not None and run.status == "pending":
             store.set_status(run_id, "running")
+        changed(run_id)
 
     @app.get("/", dependencies=auth, response_class=HTMLResponse, include_in_schema=False)
     @app.get("/runs/{run_id}", dependencies=auth, response_class=HTMLResponse, include_in_schema=False)

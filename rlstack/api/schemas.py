@@ -1,8 +1,9 @@
 """Request and response bodies of the run service."""
 
-from typing import Any, Literal
+import json
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rlstack.config import Recipe
 
@@ -66,16 +67,32 @@ class MetricPoint(Body):
     values: dict[str, Any]
 
 
+class ReportedRecord(BaseModel):
+    """One line of ``metrics.jsonl``: its step and time, and any metrics."""
+
+    model_config = ConfigDict(extra="allow")
+    step: int = Field(ge=-1, le=10**9)
+    time: float = Field(ge=0, le=10**11)
+
+
 class Report(Body):
     """Metric records a running controller sends, with their ``metrics.jsonl`` line numbers."""
 
-    records: list[tuple[int, dict[str, Any]]] = Field(max_length=1000)
+    records: list[tuple[Annotated[int, Field(ge=0, le=10**9)], ReportedRecord]] = Field(max_length=1000)
+
+    @model_validator(mode="after")
+    def _utf8(self) -> "Report":
+        try:
+            json.dumps([r.model_dump() for _, r in self.records], ensure_ascii=False).encode()
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"metric records must be valid UTF-8 text: {exc.reason}") from None
+        return self
 
 
 class AdoptRequest(Body):
     """A run started with plain ``ray job submit``: its job id and run directory."""
 
-    job_id: str = Field(max_length=100)
+    job_id: str = Field(pattern=r"^[\w.:-]{1,100}$")
     run_dir: str = Field(max_length=1000)
 
 
