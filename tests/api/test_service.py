@@ -132,7 +132,7 @@ def test_schemathesis_finds_no_server_error(service, tmp_path):
         [sys.executable, "-m", "schemathesis.cli", "run", f"{service.url}/openapi.json", "--checks",
          "not_a_server_error", "--header", f"Authorization: Bearer {TOKEN}", "--max-examples", "15",
          "--exclude-operation-id", "submit_v1_runs_post", "--no-color"],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
