@@ -11,6 +11,7 @@ from rlstack.sft import SFTController
 pytestmark = pytest.mark.e2e
 
 COMMON = [
+    "algorithm.beta=0.5",
     "trainer.num_steps=3",
     "trainer.lr=1e-3",
     "algorithm.batch_size=8",
@@ -44,20 +45,27 @@ def test_sft_lowers_held_out_loss_and_reports_task_accuracy(ray_cluster, tmp_pat
     assert (tmp_path / "run/checkpoints/step_3/model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("mode", ["precomputed", "online"])
-def test_dpo_raises_the_chosen_margin(ray_cluster, tmp_path, request, mode):
+@pytest.mark.parametrize(
+    ("reference", "loss", "first_loss"),
+    [
+        ("precomputed", "sigmoid", 0.6931),  # -log sigmoid(0)
+        ("online", "sigmoid", 0.6931),
+        ("precomputed", "ipo", 1.0),  # (0 - 1 / (2 * 0.5))^2
+    ],
+)
+def test_dpo_raises_the_chosen_margin(ray_cluster, tmp_path, request, reference, loss, first_loss):
     recipe = load_recipe(
         request.config.rootpath / "recipes/grpo_tiny_random.yaml",
-        ["algorithm.name=dpo", "algorithm.kl_coef=0", f"algorithm.reference={mode}", "algorithm.beta=0.5", *COMMON],
+        [f"algorithm.reference={reference}", f"algorithm.dpo_loss={loss}", "algorithm.name=dpo", *COMMON],
     )
     with DPOController(recipe, tmp_path / "run") as controller:
         summary = controller.run()
     first = records(tmp_path / "run")[0]
     assert first["eval/rewards/margin"] == pytest.approx(0.0, abs=1e-4)  # the policy starts as the reference
-    assert first["eval/loss"] == pytest.approx(0.6931, abs=1e-4)  # -log sigmoid(0)
+    assert first["eval/loss"] == pytest.approx(first_loss, abs=1e-4)  # the policy starts as the reference
     steps = [r for r in records(tmp_path / "run") if "rewards/accuracy" in r]
     assert [r["step"] for r in steps] == [1, 2, 3]
-    assert steps[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert steps[0]["loss"] == pytest.approx(first_loss, abs=1e-3)
     assert steps[-1]["rewards/margin"] > 0 and steps[-1]["loss"] < steps[0]["loss"]  # fresh pairs each step
     assert summary["policy_version"] == 3 and "preference_accuracy_after" in summary
 
