@@ -1,16 +1,17 @@
 """Direct preference optimisation on the trainer group: DPO, IPO or cDPO against a frozen reference."""
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from rlstack.algorithms.dpo import dpo_loss
-from rlstack.config import DataSection
+from rlstack.config import DataSection, Recipe
 from rlstack.controller import Controller, timed
+from rlstack.data.batching import by_rank
 from rlstack.data.dataset import RunData
 from rlstack.data.supervised import load_preference_data
-from rlstack.sft import by_rank
 from rlstack.types import PreferenceBatch, PreferencePair
 
 Logprobs = list[tuple[float, float]]
@@ -29,8 +30,8 @@ class DPOController(Controller):
     def load_data(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> RunData:
         return load_preference_data(data, tokenizer)
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, recipe: Recipe, run_dir: Path, data: RunData | None = None):
+        super().__init__(recipe, run_dir, data)
         self.reference: dict[str, Logprobs] = {}
         if self.start_step == 0:
             self.reference["held_out"] = self.pair_logprobs(self.data.held_out)

@@ -6,6 +6,7 @@ from transformers import PreTrainedTokenizerBase
 
 from rlstack.config import DataSection
 from rlstack.controller import Controller, timed
+from rlstack.data.batching import by_rank
 from rlstack.data.dataset import RunData
 from rlstack.data.packing import SFTExample
 from rlstack.data.supervised import load_sft_data
@@ -15,11 +16,6 @@ from rlstack.types import SFTBatch
 def num_trained_tokens(example: SFTExample) -> int:
     """Tokens that are targets of the loss: assistant tokens after the first token of the row."""
     return sum(example.loss_mask[1:])
-
-
-def by_rank(items: list[Any], num_ranks: int) -> list[list[Any]]:
-    """Round-robin shares, one per rank."""
-    return [items[rank::num_ranks] for rank in range(num_ranks)]
 
 
 class SFTController(Controller):

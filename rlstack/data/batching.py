@@ -1,10 +1,13 @@
 """Turning samples into padded tensors, rank shards and micro-batches."""
 
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import torch
 
 from rlstack.types import Completion, Sample
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,11 @@ def padding_sample(like: Sample) -> Sample:
     """A copy of ``like`` that contributes nothing: zero advantage, one token, and masked out."""
     completion = replace(like.completion, token_ids=like.completion.token_ids[:1], logprobs=(0.0,))
     return Sample(prompt_ids=like.prompt_ids, completion=completion, advantage=0.0, masked=True)
+
+
+def by_rank(items: list[T], num_ranks: int) -> list[list[T]]:
+    """Round-robin shares of ``items``, one per rank; ``items[i]`` goes to rank ``i % num_ranks``."""
+    return [items[rank::num_ranks] for rank in range(num_ranks)]
 
 
 def shard(samples: list[Sample], num_shards: int) -> list[list[Sample]]:

@@ -57,7 +57,7 @@ class Service:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_head():
     env = cluster_env()
     start_head(env, "--num-cpus=2", "--port=6411", f"--dashboard-port={DASHBOARD}", "--include-dashboard=true",
@@ -66,8 +66,9 @@ def ray_head():
     subprocess.run([*RAY_CLI, "stop", "--force"], env=env, check=False, capture_output=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def service(ray_head, tmp_path_factory, pytestconfig):
+    """One service per test module; the Ray head stops when the module ends, before other tests start theirs."""
     running = Service(pytestconfig.rootpath, tmp_path_factory.mktemp("service"))
     running.start()
     yield running
