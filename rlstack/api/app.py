@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
+import swagger_ui
 import yaml
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -40,6 +43,7 @@ from rlstack.reporting import ENV_RUN, ENV_TOKEN, ENV_URL
 
 RECIPES = ROOT / "recipes"
 PAGE = Path(__file__).parent / "static" / "index.html"
+SWAGGER_FILES = Path(swagger_ui.__file__).parent / "static"
 EVENT_POLL_S = 0.2
 MetricPoints = TypeAdapter(list[MetricPoint])
 
@@ -133,6 +137,9 @@ def create_app(settings: Settings, jobs: Jobs | None = None) -> FastAPI:
         version="1",
         description="Launch, monitor and manage rlstack training runs as Ray jobs.",
         lifespan=lifespan,
+        docs_url=None,  # served below, behind the token, with Swagger UI's files from this machine
+        redoc_url=None,
+        openapi_url=None,
     )
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
@@ -162,6 +169,26 @@ def create_app(settings: Settings, jobs: Jobs | None = None) -> FastAPI:
         if run is None:
             raise HTTPException(404, f"no run {run_id!r}")
         return run
+
+    @app.get("/openapi.json", dependencies=auth, include_in_schema=False)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", dependencies=auth, include_in_schema=False)
+    def docs(supplied: Annotated[str, Depends(supplied_token)]) -> HTMLResponse:
+        """Swagger UI; its files and the spec are fetched with the same token."""
+        query = "?" + urlencode({"token": supplied})
+        return get_swagger_ui_html(
+            openapi_url=f"/openapi.json{query}",
+            title=app.title,
+            swagger_js_url=f"/docs/files/swagger-ui-bundle.js{query}",
+            swagger_css_url=f"/docs/files/swagger-ui.css{query}",
+            swagger_favicon_url=f"/docs/files/favicon-32x32.png{query}",
+        )
+
+    @app.get("/docs/files/{name}", dependencies=auth, include_in_schema=False)
+    def docs_file(name: Literal["swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"]) -> FileResponse:
+        return FileResponse(SWAGGER_FILES / name)
 
     @app.get("/health")
     def health() -> dict[str, str]:

@@ -28,11 +28,16 @@ def sse(client: httpx.Client, path: str) -> list[tuple[str, dict]]:
 
 def test_health_needs_no_token_and_everything_else_does(service):
     assert httpx.get(f"{service.url}/health").json() == {"status": "ok"}
-    for path in ("/v1/runs", "/v1/recipes", "/metrics", "/"):
+    for path in ("/v1/runs", "/v1/recipes", "/metrics", "/", "/docs", "/openapi.json"):
         assert httpx.get(f"{service.url}{path}").status_code == 401, path
         assert service.client("wrong-token").get(path).status_code == 401, path
     assert httpx.get(f"{service.url}/v1/runs", params={"token": TOKEN}).status_code == 200
-    assert httpx.get(f"{service.url}/openapi.json").status_code == 200  # the spec itself, for /docs
+    docs = httpx.get(f"{service.url}/docs", params={"token": TOKEN})
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower()
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):  # served here, behind the token
+        assert f"/docs/files/{asset}?token=" in docs.text
+        assert httpx.get(f"{service.url}/docs/files/{asset}", params={"token": TOKEN}).status_code == 200
+    assert httpx.get(f"{service.url}/docs/files/swagger-ui.css").status_code == 401
 
 
 def test_bad_input_is_refused_and_leaves_no_record(service):
