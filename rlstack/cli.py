@@ -2,6 +2,7 @@
 
 Commands:
   rlstack train RECIPE [key.path=value ...]   train with a local Ray (or the one in RAY_ADDRESS)
+  rlstack export CHECKPOINT OUT [--dtype D]   a checkpoint as a plain Hugging Face model directory
   rlstack data inspect FILE [--recipe R]      row count, prompt lengths and reward fields of a data file
   rlstack serve [--host H] [--port P]         the HTTP run service (OpenAPI docs at /docs)
   rlstack runs submit|list|show|logs|cancel   the service's command-line client
@@ -17,6 +18,7 @@ import sys
 
 COMMANDS = {
     ("train",): "rlstack.train",
+    ("export",): "rlstack.export",
     ("data", "inspect"): "rlstack.inspect_data",
     ("serve",): "rlstack.api.serve",
     ("runs",): "rlstack.api.client",

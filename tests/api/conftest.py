@@ -1,6 +1,5 @@
 """A real Ray head and a real ``rlstack serve`` (uvicorn) in a subprocess, for the service tests."""
 
-import os
 import socket
 import subprocess
 import sys
@@ -88,6 +87,3 @@ def wait_for(check, timeout_s: float = 300, every_s: float = 0.5):
             return value
         time.sleep(every_s)
     raise AssertionError(f"timed out after {timeout_s}s")
-
-
-os.environ.setdefault("RAY_AUTH_MODE", "token")
