@@ -25,10 +25,17 @@ from transformers import PreTrainedModel
 
 from rlstack import models
 from rlstack.algorithms import aggregate, clipped_surrogate, kl_penalty, token_entropy, token_logprobs
-from rlstack.algorithms.dpo import dpo_loss
+from rlstack.algorithms.dpo import comparable_logprobs, dpo_loss
 from rlstack.algorithms.sft import sft_loss
 from rlstack.config import Recipe
-from rlstack.data.batching import Collated, collate, micro_batches, padding_sample, response_sample
+from rlstack.data.batching import (
+    Collated,
+    collate,
+    micro_batches,
+    padding_sample,
+    pair_lengths,
+    response_sample,
+)
 from rlstack.data.packing import PackedRow, SFTExample, attention_mask_from_positions, collate_packed, pack
 from rlstack.types import PreferenceBatch, PreferencePair, Sample, SFTBatch, TrainBatch
 
@@ -272,18 +279,16 @@ class TrainerWorker:
         pairs = list(batch.pairs)
         sums = torch.zeros(5, dtype=torch.float64, device=self.device)  # loss, chosen, rejected, margin, accuracy
         for group in self._pair_micro_batches(pairs):
-            chosen = [pairs[i] for i in group] if group is not None else pairs[:1]
-            policy = self._pair_logprobs(self.model, chosen)  # [2, n]
+            members = [pairs[i] for i in group] if group is not None else pairs[:1]
+            policy = self._pair_logprobs(self.model, members)  # [2, n]
             if batch.reference is not None:
                 reference = torch.tensor([batch.reference[i] for i in (group or [0])], device=self.device).T
             else:
                 with torch.no_grad():
-                    reference = self._pair_logprobs(self.reference, chosen)  # type: ignore[arg-type]
-            if algo.dpo_loss == "ipo":
-                lengths = torch.tensor(
-                    [[len(p.chosen_ids) for p in chosen], [len(p.rejected_ids) for p in chosen]], device=self.device
-                )
-                policy, reference = policy / lengths, reference / lengths
+                    reference = self._pair_logprobs(self.reference, members)  # type: ignore[arg-type]
+            lengths = pair_lengths(members).to(self.device)
+            policy = comparable_logprobs(policy, lengths, algo.dpo_loss)
+            reference = comparable_logprobs(reference, lengths, algo.dpo_loss)
             loss, metrics = dpo_loss(
                 policy[0],
                 policy[1],

@@ -6,10 +6,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from rlstack.algorithms.dpo import dpo_loss
+from rlstack.algorithms.dpo import comparable_logprobs, dpo_loss
 from rlstack.config import DataSection, Recipe
 from rlstack.controller import Controller, timed
-from rlstack.data.batching import by_rank
+from rlstack.data.batching import by_rank, pair_lengths
 from rlstack.data.dataset import RunData
 from rlstack.data.supervised import load_preference_data
 from rlstack.types import PreferenceBatch, PreferencePair
@@ -79,11 +79,9 @@ class DPOController(Controller):
         """Held-out preference metrics: the policy prefers the chosen response, and DPO's implicit rewards."""
         algo = self.recipe.algorithm
         pairs: list[PreferencePair] = self.data.held_out
-        policy = torch.tensor(self.pair_logprobs(pairs)).T  # [2, n]
-        reference = torch.tensor(self.reference["held_out"]).T  # [2, n]
-        if algo.dpo_loss == "ipo":
-            lengths = torch.tensor([[len(p.chosen_ids) for p in pairs], [len(p.rejected_ids) for p in pairs]])
-            policy, reference = policy / lengths, reference / lengths
+        lengths = pair_lengths(pairs)
+        policy = comparable_logprobs(torch.tensor(self.pair_logprobs(pairs)).T, lengths, algo.dpo_loss)  # [2, n]
+        reference = comparable_logprobs(torch.tensor(self.reference["held_out"]).T, lengths, algo.dpo_loss)
         loss, metrics = dpo_loss(
             policy[0], policy[1], reference[0], reference[1], len(pairs), algo.beta, algo.label_smoothing, algo.dpo_loss
         )

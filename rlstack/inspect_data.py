@@ -29,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. data.prompt_key=question")
     args = parser.parse_intermixed_args(argv)
     try:
-        recipe = load_recipe(args.recipe, args.overrides) if args.recipe else Recipe()
         if args.overrides and not args.recipe:
             raise RecipeError("overrides need --recipe")
+        recipe = load_recipe(args.recipe, args.overrides) if args.recipe else Recipe()
         data = recipe.data.model_copy(update={"path": args.file})
         tokenizer = models.load_tokenizer(recipe.model.path)
         rows = open_rows(args.file, data.split, "FILE")

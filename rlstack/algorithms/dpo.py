@@ -29,6 +29,16 @@ import torch.nn.functional as F
 LossType = Literal["sigmoid", "ipo"]
 
 
+def comparable_logprobs(summed: torch.Tensor, lengths: torch.Tensor, loss_type: LossType) -> torch.Tensor:
+    """What the loss compares: summed logprobs for DPO, averaged over each response's tokens for IPO.
+
+    Args:
+        summed: ``[2, B]`` chosen (row 0) and rejected (row 1) logprobs summed over their tokens.
+        lengths: ``[2, B]`` their token counts.
+    """
+    return summed / lengths if loss_type == "ipo" else summed
+
+
 def dpo_loss(
     policy_chosen: torch.Tensor,
     policy_rejected: torch.Tensor,

@@ -5,7 +5,7 @@ from typing import TypeVar
 
 import torch
 
-from rlstack.types import Completion, Sample
+from rlstack.types import Completion, PreferencePair, Sample
 
 T = TypeVar("T")
 
@@ -67,6 +67,11 @@ def response_sample(prompt_ids: tuple[int, ...], response_ids: tuple[int, ...]) 
     """A given (not sampled) response as a ``Sample``, for scoring its logprobs."""
     completion = Completion(response_ids, (0.0,) * len(response_ids), "stop", 0, "")
     return Sample(prompt_ids=prompt_ids, completion=completion, advantage=0.0)
+
+
+def pair_lengths(pairs: list[PreferencePair]) -> torch.Tensor:
+    """``[2, n]`` token counts of the chosen (row 0) and rejected (row 1) responses."""
+    return torch.tensor([[len(p.chosen_ids) for p in pairs], [len(p.rejected_ids) for p in pairs]])
 
 
 def padding_sample(like: Sample) -> Sample:

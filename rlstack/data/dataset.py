@@ -230,6 +230,27 @@ def scan(
     return np.asarray(keys, dtype=np.int64), tally.report(data)
 
 
+def held_out_source(data: DataSection) -> tuple[str, str, str] | None:
+    """Where held-out rows come from, ``(path, split, recipe key)``; ``None`` means a fraction of ``data.path``."""
+    if data.eval_path is None and data.eval_split is None:
+        return None
+    assert data.path is not None
+    key = "data.eval_path" if data.eval_path is not None else "data.path"
+    return data.eval_path or data.path, data.eval_split or data.split, key
+
+
+def split_order(num_rows: int, data: DataSection, hold_out: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training and held-out rows: permuted from ``data.seed`` (unless ``data.shuffle`` is off),
+    the first ``eval_fraction`` of them held out when ``hold_out``."""
+    order = np.random.default_rng(data.seed).permutation(num_rows) if data.shuffle else np.arange(num_rows)
+    if not hold_out:
+        return order, order[:0]
+    num_eval = max(1, round(data.eval_fraction * num_rows))
+    if num_eval >= num_rows:
+        raise ValueError(f"data.eval_fraction={data.eval_fraction} leaves no training rows of {num_rows}")
+    return order[num_eval:], order[:num_eval]
+
+
 def load_prompt_data(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> PromptData:
     """Training and held-out prompts as the recipe's ``data`` section describes; ``ValueError`` if unusable."""
     if data.path is None:
@@ -238,19 +259,15 @@ def load_prompt_data(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> P
     mapping = RowMapping(data.prompt_key, data.prompt_template, data.answer_key)
     rows = open_rows(data.path, data.split)
     keys, report = scan(rows, mapping, tokenizer, data)
-    if data.shuffle:
-        keys = keys[np.random.default_rng(data.seed).permutation(len(keys))]
     reports = [report]
-    if data.eval_path is not None or data.eval_split is not None:
-        eval_key = "data.eval_path" if data.eval_path is not None else "data.path"
-        eval_rows = open_rows(data.eval_path or data.path, data.eval_split or data.split, eval_key)
+    source = held_out_source(data)
+    train_order, held_order = split_order(len(keys), data, hold_out=source is None)
+    if source is None:
+        evaluated = FilePrompts(rows, keys[held_order], mapping)
+    else:
+        eval_rows = open_rows(*source)
         eval_keys, eval_report = scan(eval_rows, mapping, tokenizer, data)
         reports.append(eval_report)
         evaluated = FilePrompts(eval_rows, eval_keys, mapping)
-    else:
-        num_eval = max(1, round(data.eval_fraction * len(keys)))
-        if num_eval >= len(keys):
-            raise ValueError(f"data.eval_fraction={data.eval_fraction} leaves no training prompts of {len(keys)}")
-        evaluated, keys = FilePrompts(rows, keys[:num_eval], mapping), keys[num_eval:]
     held_out = [evaluated[i] for i in range(min(len(evaluated), data.num_eval))]
-    return PromptData(FilePrompts(rows, keys, mapping), held_out, reports)
+    return PromptData(FilePrompts(rows, keys[train_order], mapping), held_out, reports)

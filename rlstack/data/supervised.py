@@ -9,13 +9,22 @@ import random
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from rlstack.config import DataSection
 from rlstack.data.arithmetic import make_splits
 from rlstack.data.conversations import instruction_to_messages, tokenize_conversation
-from rlstack.data.dataset import RowError, ScanReport, Tally, as_messages, convert_rows, data_metrics, lookup
+from rlstack.data.dataset import (
+    RowError,
+    ScanReport,
+    Tally,
+    as_messages,
+    convert_rows,
+    data_metrics,
+    held_out_source,
+    lookup,
+    split_order,
+)
 from rlstack.data.packing import SFTExample
 from rlstack.data.prompts import Message, Prompt
 from rlstack.data.sources import open_rows
@@ -120,31 +129,23 @@ def builtin_pairs(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> Spli
 def load_split(data: DataSection, convert: Any, length: Any) -> Split[T]:
     """Items of ``data.path`` (and ``eval_path``/``eval_split``, else an ``eval_fraction``), converted and capped."""
     assert data.path is not None
-    sources = [(data.path, data.split, "data.path")]
-    if data.eval_path is not None or data.eval_split is not None:
-        eval_key = "data.eval_path" if data.eval_path is not None else "data.path"
-        sources.append((data.eval_path or data.path, data.eval_split or data.split, eval_key))
-    parts: list[list[T]] = []
-    reports = []
-    for path, split, key in sources:
-        rows, items = open_rows(path, split, key), []
-        tally = Tally(path)
+
+    def read(path: str, split: str, key: str) -> tuple[list[T], ScanReport]:
+        rows, items, tally = open_rows(path, split, key), [], Tally(path)
         for _, item in convert_rows(rows, convert, data, tally):
             if tally.keep(length(item), data.max_prompt_tokens):
                 items.append(item)
-        reports.append(tally.report(data))
-        parts.append(items)
-    train = parts[0]
-    if data.shuffle:
-        train = [train[i] for i in np.random.default_rng(data.seed).permutation(len(train))]
-    if len(parts) == 2:
-        held_out = parts[1]
+        return items, tally.report(data)
+
+    items, report = read(data.path, data.split, "data.path")
+    source = held_out_source(data)
+    train_order, held_order = split_order(len(items), data, hold_out=source is None)
+    if source is None:
+        held_out, reports = [items[i] for i in held_order], [report]
     else:
-        num_eval = max(1, round(data.eval_fraction * len(train)))
-        if num_eval >= len(train):
-            raise ValueError(f"data.eval_fraction={data.eval_fraction} leaves no training rows of {len(train)}")
-        held_out, train = train[:num_eval], train[num_eval:]
-    return Split(train, held_out[: data.num_eval], reports, [])
+        held_out, eval_report = read(*source)
+        reports = [report, eval_report]
+    return Split([items[i] for i in train_order], held_out[: data.num_eval], reports, [])
 
 
 def load_sft_data(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> Split[SFTExample]:
