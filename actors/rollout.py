@@ -4,6 +4,7 @@ import os
 from typing import Any
 
 import ray
+from ray.exceptions import GetTimeoutError, RayActorError
 
 from rlstack.config import Recipe
 from rlstack.types import Completion, SamplingParams
@@ -18,6 +19,9 @@ class RolloutWorker:
 
         torch.set_num_threads(recipe.placement.num_threads or os.cpu_count() or 1)
         self.engine = make_engine(recipe)
+
+    def ready(self) -> bool:
+        return True
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         return self.engine.generate(prompts, params)
@@ -35,12 +39,33 @@ class RolloutWorker:
 
 
 class RolloutGroup:
-    """M engine actors; a batch of prompts is split evenly across them."""
+    """M engine actors; a batch of prompts is split evenly across them.
+
+    Every call waits at most ``rollout.timeout_s``; an engine that fails to start raises
+    its own error here, at construction, instead of at the first request.
+    """
 
     def __init__(self, recipe: Recipe):
         placement = recipe.placement
+        self.timeout_s = recipe.rollout.timeout_s
         actor = ray.remote(RolloutWorker).options(num_cpus=placement.rollout_cpus, num_gpus=placement.rollout_gpus)
         self.workers: list[Any] = [actor.remote(recipe) for _ in range(placement.num_rollout_workers)]
+        try:
+            ray.get([w.ready.remote() for w in self.workers], timeout=recipe.rollout.start_timeout_s)
+        except GetTimeoutError:
+            self.shutdown()
+            raise TimeoutError(
+                f"rollout engines did not start within rollout.start_timeout_s={recipe.rollout.start_timeout_s}"
+            ) from None
+        except RayActorError as error:
+            self.shutdown()
+            raise RuntimeError(f"rollout engine failed to start: {engine_error(error)}") from None
+
+    def _get(self, refs: list[ray.ObjectRef], what: str) -> list[Any]:
+        try:
+            return ray.get(refs, timeout=self.timeout_s)
+        except GetTimeoutError:
+            raise TimeoutError(f"rollout {what} took longer than rollout.timeout_s={self.timeout_s}") from None
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         """``params.n`` completions per prompt, in prompt order; worker ``i`` samples with seed ``params.seed + i``."""
@@ -53,17 +78,24 @@ class RolloutGroup:
             for i, worker in enumerate(self.workers)
             if prompts[i * chunk : (i + 1) * chunk]
         ]
-        return [group for part in ray.get(futures) for group in part]
+        return [group for part in self._get(futures, "generate") for group in part]
 
     def update_weights(self, version: int, bucket_refs: list[ray.ObjectRef]) -> list[int]:
-        return ray.get([w.update_weights.remote(version, bucket_refs) for w in self.workers])
+        return self._get([w.update_weights.remote(version, bucket_refs) for w in self.workers], "weight sync")
 
     def policy_versions(self) -> list[int]:
-        return ray.get([w.policy_version.remote() for w in self.workers])
+        return self._get([w.policy_version.remote() for w in self.workers], "policy_version")
 
     def fingerprints(self) -> list[dict[str, float]]:
-        return ray.get([w.fingerprint.remote() for w in self.workers])
+        return self._get([w.fingerprint.remote() for w in self.workers], "fingerprint")
 
     def shutdown(self) -> None:
         for worker in self.workers:
             ray.kill(worker)
+
+
+def engine_error(error: RayActorError) -> str:
+    """The exception an actor's constructor raised, as ``Type: message``, else Ray's own message."""
+    cause = getattr(error, "cause", None)
+    init_error = getattr(cause, "cause", cause)  # RayTaskError wraps the original exception
+    return f"{type(init_error).__name__}: {init_error}" if isinstance(init_error, Exception) else str(error)

