@@ -39,6 +39,8 @@ demo:
 bench:
 	@start=$$(date +%s); $(MAKE) --no-print-directory venv; \
 	$(PY) -m rlstack.cli bench reward; \
+	$(PY) -m rlstack.cli bench rollout; \
+	$(PY) -m rlstack.cli bench sync; \
 	$(PY) -m rlstack.cli bench sft; \
 	$(PY) -m rlstack.cli bench service; \
 	$(PY) -m rlstack.cli bench demo --setup-seconds $$(( $$(date +%s) - start ))

@@ -5,6 +5,8 @@ from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlstack.config import Recipe
 from rlstack.types import Completion, SamplingParams
@@ -34,7 +36,12 @@ class RolloutWorker:
     def policy_version(self) -> int:
         return self.engine.policy_version
 
+    def sleep(self) -> None:
+        self.engine.sleep()  # type: ignore[attr-defined]
+
     def fingerprint(self) -> dict[str, float]:
+        if not hasattr(self.engine, "fingerprint"):
+            raise NotImplementedError(f"{type(self.engine).__name__} keeps its weights in other processes")
         return self.engine.fingerprint()
 
 
@@ -48,8 +55,12 @@ class RolloutGroup:
     def __init__(self, recipe: Recipe):
         placement = recipe.placement
         self.timeout_s = recipe.rollout.timeout_s
-        actor = ray.remote(RolloutWorker).options(num_cpus=placement.rollout_cpus, num_gpus=placement.rollout_gpus)
-        self.workers: list[Any] = [actor.remote(recipe) for _ in range(placement.num_rollout_workers)]
+        self.placement_groups: list[PlacementGroup] = []
+        if recipe.rollout.engine == "lmdeploy":
+            self.workers: list[Any] = [self._lmdeploy_worker(recipe) for _ in range(placement.num_rollout_workers)]
+        else:
+            actor = ray.remote(RolloutWorker).options(num_cpus=placement.rollout_cpus, num_gpus=placement.rollout_gpus)
+            self.workers = [actor.remote(recipe) for _ in range(placement.num_rollout_workers)]
         try:
             ray.get([w.ready.remote() for w in self.workers], timeout=recipe.rollout.start_timeout_s)
         except GetTimeoutError:
@@ -60,6 +71,20 @@ class RolloutGroup:
         except RayActorError as error:
             self.shutdown()
             raise RuntimeError(f"rollout engine failed to start: {engine_error(error)}") from None
+
+    def _lmdeploy_worker(self, recipe: Recipe) -> Any:
+        """An actor in a placement group of ``tensor_parallel_size`` GPU bundles, where LMDeploy's Ray executor
+        places its workers; the actor itself only drives the pipeline."""
+        placement = recipe.placement
+        bundles = [{"GPU": placement.rollout_gpus, "CPU": placement.rollout_cpus}] * recipe.rollout.tensor_parallel_size
+        group = placement_group(bundles, strategy="PACK")
+        self.placement_groups.append(group)
+        strategy = PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)
+        return ray.remote(RolloutWorker).options(num_cpus=0, num_gpus=0, scheduling_strategy=strategy).remote(recipe)
+
+    def sleep(self) -> None:
+        """Free the engines' GPU memory until the next weight sync (LMDeploy)."""
+        self._get([w.sleep.remote() for w in self.workers], "sleep")
 
     def _get(self, refs: list[ray.ObjectRef], what: str) -> list[Any]:
         try:
@@ -92,6 +117,8 @@ class RolloutGroup:
     def shutdown(self) -> None:
         for worker in self.workers:
             ray.kill(worker)
+        for group in self.placement_groups:
+            remove_placement_group(group)
 
 
 def engine_error(error: RayActorError) -> str:

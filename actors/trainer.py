@@ -63,6 +63,7 @@ class TrainerWorker:
         self.rank = rank
         self.world_size = world_size
         self.device = torch.device(recipe.placement.device)
+        self.sent_buckets: list[dict[str, torch.Tensor]] = []  # GPU tensors behind the last cuda_ipc sync
         torch.set_num_threads(recipe.placement.num_threads or os.cpu_count() or 1)
 
     def rendezvous_address(self) -> tuple[str, int]:
@@ -340,29 +341,44 @@ class TrainerWorker:
         return result
 
     @torch.no_grad()
-    def state_dict_buckets(self, bucket_mb: int, dtype: str) -> list[ray.ObjectRef]:
+    def state_dict_buckets(self, bucket_mb: int, dtype: str, transport: str = "object_store") -> list[ray.ObjectRef]:
         """The full (unsharded) weights in ``dtype``, as object-store buckets of about ``bucket_mb`` MB.
 
         Every rank takes part in gathering each parameter; rank 0 puts the buckets and
-        returns their refs, the other ranks return an empty list.
+        returns their refs, the other ranks return an empty list. With ``cuda_ipc`` a
+        bucket stays on this GPU and the object store carries only its CUDA IPC handles
+        (``lmdeploy.utils.serialize_state_dict``); the tensors live until ``release_buckets``.
         """
         limit = bucket_mb * 2**20
         refs: list[ray.ObjectRef] = []
         bucket: dict[str, torch.Tensor] = {}
         size = 0
+        device = self.device if transport == "cuda_ipc" else torch.device("cpu")
         for name, param in self.model.named_parameters():
             full = param.full_tensor() if isinstance(param, DTensor) else param
             if self.rank != 0:
                 continue
-            tensor = full.detach().to("cpu", getattr(torch, dtype))
+            tensor = full.detach().to(device, getattr(torch, dtype), copy=True)
             bucket[name] = tensor
             size += tensor.numel() * tensor.element_size()
             if size >= limit:
-                refs.append(ray.put(bucket))
+                refs.append(self._put_bucket(bucket, transport))
                 bucket, size = {}, 0
         if bucket:
-            refs.append(ray.put(bucket))
+            refs.append(self._put_bucket(bucket, transport))
         return refs
+
+    def _put_bucket(self, bucket: dict[str, torch.Tensor], transport: str) -> ray.ObjectRef:
+        if transport == "object_store":
+            return ray.put(bucket)
+        from lmdeploy.utils import serialize_state_dict
+
+        self.sent_buckets.append(bucket)
+        return ray.put(serialize_state_dict(bucket))
+
+    def release_buckets(self) -> None:
+        """Free the GPU buckets of the last ``cuda_ipc`` sync, once every engine has loaded them."""
+        self.sent_buckets.clear()
 
     def fingerprint(self) -> dict[str, float]:
         return models.fingerprint(self.model)
@@ -447,8 +463,11 @@ class TrainerGroup:
     def pair_logprobs(self, shards: list[list[PreferencePair]]) -> list[list[tuple[float, float]]]:
         return ray.get([w.pair_logprobs.remote(s) for w, s in zip(self.workers, shards, strict=True)])
 
-    def state_dict_buckets(self, bucket_mb: int, dtype: str) -> list[ray.ObjectRef]:
-        return ray.get([w.state_dict_buckets.remote(bucket_mb, dtype) for w in self.workers])[0]
+    def state_dict_buckets(self, bucket_mb: int, dtype: str, transport: str = "object_store") -> list[ray.ObjectRef]:
+        return ray.get([w.state_dict_buckets.remote(bucket_mb, dtype, transport) for w in self.workers])[0]
+
+    def release_buckets(self) -> None:
+        ray.get([w.release_buckets.remote() for w in self.workers])
 
     def fingerprint(self) -> dict[str, float]:
         return ray.get([w.fingerprint.remote() for w in self.workers])[0]

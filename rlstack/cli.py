@@ -8,9 +8,12 @@ Commands:
   rlstack runs submit|list|show|logs|cancel   the service's command-line client
   rlstack demo [--setup-seconds S]            the embedded GRPO recipe via ray job submit
   rlstack bench demo                          the demo, its figures written to docs/results/
+  rlstack bench lmdeploy                      LMDeploy on one GPU: generation, weight sync, colocated GRPO
   rlstack bench reward                        reward-pool throughput and the cost of a hung call
+  rlstack bench rollout                       vLLM tokens/s: raw LLM.generate against the RolloutGroup
   rlstack bench service                       run-service latency under 50 clients, and SSE delay, while a run trains
   rlstack bench sft                           SFT tokens/s with 1 and 2 FSDP2 ranks, and packing efficiency
+  rlstack bench sync                          seconds to sync SmolLM2 into vLLM, against a plain copy
 """
 
 import importlib
@@ -24,9 +27,12 @@ COMMANDS = {
     ("runs",): "rlstack.api.client",
     ("demo",): "rlstack.demo",
     ("bench", "demo"): "rlstack.bench_demo",
+    ("bench", "lmdeploy"): "rlstack.bench_lmdeploy",
     ("bench", "reward"): "rlstack.bench_reward",
+    ("bench", "rollout"): "rlstack.bench_rollout",
     ("bench", "sft"): "rlstack.bench_sft",
     ("bench", "service"): "rlstack.bench_service",
+    ("bench", "sync"): "rlstack.bench_sync",
 }
 
 

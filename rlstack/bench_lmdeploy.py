@@ -1,0 +1,277 @@
+"""``rlstack bench lmdeploy``: LMDeploy on one GPU: generation, weight sync and colocated GRPO.
+
+Random-init models with SmolLM2's tokenizer (nothing is downloaded), measured side by
+side in one run on the card named in the result:
+
+- generation tok/s of the raw ``lmdeploy.pipeline`` (``infer``) against the same
+  requests through the RolloutGroup (Ray actor, Ray executor, ``Completion``s);
+- weight-sync seconds and GiB/s into the engine for a 0.1 B and a 1 B model: one
+  ``update_params`` call, ``rollout.bucket_mb`` buckets, and flattened buckets;
+- a colocated GRPO cycle (engine asleep while the trainer updates, CUDA IPC sync):
+  seconds per phase, and the GPU memory in use at its peak during training (engine
+  asleep), during generation (engine awake) and over the whole cycle.
+"""
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import ray
+import torch
+
+from rlstack import models
+from rlstack.bench_result import record_result
+from rlstack.config import load_recipe
+from rlstack.controller import GRPOController
+from rlstack.data.chat import render_prompt
+from rlstack.types import Sample, SamplingParams
+
+RECIPE = "recipes/grpo_tiny_random.yaml"
+GIB = 2**30
+
+
+class DeviceMemoryPeak:
+    """Peak of the whole GPU's used memory (all processes), sampled every 5 ms."""
+
+    def __enter__(self) -> "DeviceMemoryPeak":
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            free, total = torch.cuda.mem_get_info()
+            self.peak = max(self.peak, total - free)
+
+
+def weights_dir(preset: str, root: Path) -> tuple[str, dict[str, torch.Tensor]]:
+    """A random-init model built on the GPU, saved with its tokenizer; returns the directory and its bf16 weights."""
+    path = f"random:{preset}"
+    with torch.device("cuda"):
+        model = models.load_model(path, dtype=torch.bfloat16)
+    target = root / preset
+    model.save_pretrained(target)
+    models.load_tokenizer(path).save_pretrained(target)
+    return str(target), {name: param.detach() for name, param in model.named_parameters()}
+
+
+def generation(root: Path, rounds: int) -> dict[str, object]:
+    from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
+
+    from rollout.lmdeploy_engine import generation_config
+
+    path, weights = weights_dir("smollm2-135m", root)
+    tokenizer = models.load_tokenizer(path)
+    prompts = [render_prompt(tokenizer, [{"role": "user", "content": f"Count to {i}."}]) for i in range(64)]
+    params = SamplingParams(n=4, max_new_tokens=256, temperature=1.0)
+    config = PytorchEngineConfig(dtype="bfloat16", cache_max_entry_count=0.3, distributed_executor_backend="ray")
+    raw = pipeline(path, backend_config=config, log_level="ERROR")
+    raw_config: GenerationConfig = generation_config(params)
+    texts = [tokenizer.decode(p) for p in prompts for _ in range(params.n)]
+
+    def raw_round() -> tuple[int, float]:
+        start = time.perf_counter()
+        responses = raw.infer(texts, gen_config=raw_config, do_preprocess=False)
+        return sum(len(r.token_ids) for r in responses), time.perf_counter() - start
+
+    recipe = load_recipe(RECIPE, [*common_overrides("smollm2-135m"), f"model.path={path}"])
+    with GRPOController(recipe, root / "runs" / "generation") as controller:
+        controller.sync_weights()
+        assert controller.rollout is not None
+        group = controller.rollout
+
+        def group_round() -> tuple[int, float]:
+            start = time.perf_counter()
+            groups = group.generate(prompts, params)
+            return sum(len(c.token_ids) for g in groups for c in g), time.perf_counter() - start
+
+        raw_round(), group_round()  # warm-up
+        totals = {"raw": [0, 0.0], "group": [0, 0.0]}
+        for _ in range(rounds):
+            for name, measure in (("raw", raw_round), ("group", group_round)):
+                tokens, seconds = measure()
+                totals[name][0] += tokens
+                totals[name][1] += seconds
+    raw.close()
+    del weights
+    raw_tok_s, group_tok_s = (totals[k][0] / totals[k][1] for k in ("raw", "group"))
+    return {
+        "generation_workload": "64 prompts x 4 samples, 256 new tokens, bf16, 135M",
+        "raw_pipeline_tok_s": round(raw_tok_s),
+        "rollout_group_tok_s": round(group_tok_s),
+        "group_over_raw": round(group_tok_s / raw_tok_s, 3),
+    }
+
+
+def sync(preset: str, root: Path, rounds: int) -> dict[str, float]:
+    """Seconds to push every weight (already on the GPU) into a running engine, three ways."""
+    from lmdeploy.serve.openai.protocol import UpdateParamsRequest
+    from lmdeploy.utils import FlattenedTensorBucket, serialize_state_dict
+
+    from rollout.lmdeploy_engine import LMDeployEngine
+
+    path, weights = weights_dir(preset, root)
+    engine = LMDeployEngine(path, torch.bfloat16, cache_fraction=0.2)
+    names = list(weights)
+    num_bytes = sum(t.numel() * t.element_size() for t in weights.values())
+    limit = 256 * 2**20
+
+    def buckets() -> list[dict[str, torch.Tensor]]:
+        result: list[dict[str, torch.Tensor]] = [{}]
+        for name in names:
+            if sum(t.numel() * t.element_size() for t in result[-1].values()) >= limit:
+                result.append({})
+            result[-1][name] = weights[name]
+        return result
+
+    def flattened() -> None:
+        parts = buckets()
+        for i, part in enumerate(parts):
+            bucket = FlattenedTensorBucket(named_tensors=list(part.items()))
+            payload = {"metadata": bucket.get_metadata(), "flattened_tensor": bucket.get_flattened_tensor()}
+            request = UpdateParamsRequest(
+                serialized_named_tensors=serialize_state_dict(payload),
+                load_format="flattened_bucket",
+                finished=i == len(parts) - 1,
+            )
+            engine.engine.engine.update_params(request)
+        torch.cuda.synchronize()
+
+    version = iter(range(1, 10_000))
+    ways = {
+        "one_call": lambda: engine.load_weights(next(version), [weights]),
+        "buckets_256mb": lambda: engine.load_weights(next(version), buckets()),
+        "flattened_256mb": flattened,
+    }
+    figures: dict[str, float] = {f"sync_{preset}_gib": round(num_bytes / GIB, 3)}
+    for name, push in ways.items():
+        push()  # warm-up
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            push()
+            times.append(time.perf_counter() - start)
+        seconds = statistics.median(times)
+        figures[f"sync_{preset}_{name}_s"] = round(seconds, 4)
+        figures[f"sync_{preset}_{name}_gib_s"] = round(num_bytes / GIB / seconds, 1)
+    engine.pipe.close()
+    return figures
+
+
+def common_overrides(preset: str) -> list[str]:
+    return [
+        f"model.path=random:{preset}",
+        "rollout.engine=lmdeploy",
+        "rollout.dtype=bfloat16",
+        "rollout.gpu_memory_utilization=0.3",
+        "rollout.num_prompts=32",
+        "rollout.num_samples=8",
+        "rollout.max_new_tokens=128",
+        "placement.device=cuda",
+        "placement.num_trainer_ranks=1",
+        "placement.trainer_gpus=0.5",
+        "placement.rollout_gpus=0.5",
+        "placement.num_threads=8",
+        "trainer.compute_dtype=bfloat16",
+        "trainer.micro_batch_tokens=16384",
+        "tracking.wandb=disabled",
+        "tracking.console=false",
+    ]
+
+
+def used_bytes() -> int:
+    torch.cuda.synchronize()
+    free, total = torch.cuda.mem_get_info()
+    return total - free
+
+
+def colocated_cycle(root: Path, num_steps: int) -> dict[str, object]:
+    """GRPO steps with the engine asleep during training: seconds per phase, and GPU memory.
+
+    Memory is the whole GPU's (trainer, engine workers and this process): the peak over
+    whole steps, the peak of one update with the engine asleep, and what the awake
+    engine adds (weights plus KV cache) over the asleep one.
+    """
+    overrides = [
+        *common_overrides("smollm2-135m"),
+        "rollout.weight_transport=cuda_ipc",
+        "rollout.sleep_while_training=true",
+        f"trainer.num_steps={num_steps}",
+    ]
+    recipe = load_recipe(RECIPE, overrides)
+    phases: dict[str, list[float]] = {}
+    cycle_peak = 0
+    with GRPOController(recipe, root / "runs" / "colocated") as controller:
+        assert controller.rollout is not None
+        controller.sync_weights()
+        for step in range(1, num_steps + 1):
+            with DeviceMemoryPeak() as cycle:
+                metrics = controller.step(step)
+            cycle_peak = max(cycle_peak, cycle.peak)
+            for key, value in metrics.items():
+                if key.startswith("time/"):
+                    phases.setdefault(key, []).append(value)
+        awake = used_bytes()
+        prompts = [controller.prompt_ids(p) for p in controller.sampler.next_batch(recipe.rollout.num_prompts)]
+        groups = controller.rollout.generate(prompts, SamplingParams(n=recipe.rollout.num_samples, max_new_tokens=128))
+        samples = [
+            Sample(tuple(p), c, 1.0 if i % 2 else -1.0)
+            for p, g in zip(prompts, groups, strict=True)
+            for i, c in enumerate(g)
+        ]
+        controller.rollout.sleep()
+        asleep = used_bytes()
+        with DeviceMemoryPeak() as train:
+            controller.train(samples)
+    figures: dict[str, object] = {
+        f"grpo_{k.removeprefix('time/')}_s": round(statistics.median(v[1:] or v), 3) for k, v in phases.items()
+    }
+    return figures | {
+        "peak_gib_whole_steps": round(cycle_peak / GIB, 2),
+        "peak_gib_update_engine_asleep": round(train.peak / GIB, 2),
+        "engine_awake_extra_gib": round((awake - asleep) / GIB, 2),
+        "colocated_within_update_plus_engine": cycle_peak <= train.peak + (awake - asleep) + 0.25 * GIB,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlstack bench lmdeploy", description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", choices=["generation", "sync", "colocated"], nargs="*")
+    parser.add_argument("--output", type=Path, default=Path("docs/results/lmdeploy_gpu.json"))
+    args = parser.parse_args(argv)
+    parts = args.only or ["generation", "sync", "colocated"]
+    root = Path(tempfile.mkdtemp(prefix="bench-lmdeploy-"))
+    ray.init(include_dashboard=False)
+    figures: dict[str, object] = {"card": torch.cuda.get_device_name()}
+    try:
+        if "generation" in parts:
+            figures |= generation(root, args.rounds)
+        if "sync" in parts:
+            for preset in ("smollm2-135m", "llama-1b"):
+                figures |= sync(preset, root, args.rounds)
+        if "colocated" in parts:
+            figures |= colocated_cycle(root, num_steps=4)
+    finally:
+        ray.shutdown()
+    targets = {}
+    if "group_over_raw" in figures:
+        targets["group_over_raw>=0.9"] = figures["group_over_raw"] >= 0.9  # type: ignore[operator]
+    if "sync_llama-1b_buckets_256mb_gib_s" in figures:
+        targets["sync_1b_gib_s>=20"] = figures["sync_llama-1b_buckets_256mb_gib_s"] >= 20  # type: ignore[operator]
+    record_result("lmdeploy", "rlstack bench lmdeploy", figures, targets, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""LMDeploy's PyTorch engine as a rollout engine (GPU only).
+
+The pipeline starts empty (``empty_init``) with the Ray executor, which is the one that
+implements ``update_params``; the executor's workers take their GPUs from the rollout
+actor's placement group. Weights arrive through ``update_params`` as CUDA IPC handles
+serialized by ``lmdeploy.utils.serialize_state_dict``, one call per bucket, the last one
+with ``finished=True``. A bucket is either such a serialized string, made by the trainer
+on the same node (``rollout.weight_transport=cuda_ipc``), or plain tensors from the
+object store, which this actor moves to its GPU and serializes itself.
+
+LMDeploy reports raw logprobs (before temperature and top-p), so recipes that train on
+its logprobs sample at temperature 1 without top-p; the recipe schema enforces it.
+
+Colocated with the trainer on one GPU, the engine sleeps while the trainer works: level
+2 frees weights and KV cache; a sync wakes the weights, loads them, then wakes the KV
+cache.
+"""
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import torch
+
+from rlstack import models
+from rlstack.types import Completion, SamplingParams
+
+Bucket = dict[str, torch.Tensor] | str
+"""Tensors to send, or a bucket already serialized as CUDA IPC handles."""
+
+
+def generation_config(params: SamplingParams) -> Any:
+    """LMDeploy's ``GenerationConfig`` for one sample of ``params`` (``n`` samples are ``n`` requests)."""
+    from lmdeploy import GenerationConfig
+
+    greedy = params.temperature == 0
+    return GenerationConfig(
+        max_new_tokens=params.max_new_tokens,
+        do_sample=not greedy,
+        temperature=1.0 if greedy else params.temperature,
+        top_p=params.top_p,
+        top_k=0,
+        stop_words=list(params.stop) or None,
+        include_stop_str_in_output=True,
+        logprobs=1,
+        random_seed=params.seed,
+    )
+
+
+def expand_requests(prompts: Sequence[Sequence[int]], n: int) -> list[list[int]]:
+    """Each prompt ``n`` times in a row: LMDeploy samples one response per request."""
+    return [list(p) for p in prompts for _ in range(n)]
+
+
+def sampled_logprobs(token_ids: Sequence[int], logprobs: Sequence[dict[int, float]] | None) -> tuple[float, ...]:
+    """The logprob of each sampled token from LMDeploy's per-position ``{token: logprob}``."""
+    if logprobs is None or len(logprobs) != len(token_ids):
+        raise RuntimeError(f"LMDeploy returned {len(logprobs or [])} logprob rows for {len(token_ids)} tokens")
+    return tuple(float(row[token]) for token, row in zip(token_ids, logprobs, strict=True))
+
+
+class LMDeployEngine:
+    """``lmdeploy.pipeline`` with the PyTorch engine behind the engine interface."""
+
+    def __init__(
+        self,
+        model_path: str,
+        dtype: torch.dtype,
+        tensor_parallel_size: int = 1,
+        max_model_len: int = 2048,
+        cache_fraction: float = 0.5,
+        timeout_s: float | None = None,
+    ):
+        from lmdeploy import PytorchEngineConfig, pipeline
+
+        config = PytorchEngineConfig(
+            tp=tensor_parallel_size,
+            dtype=str(dtype).removeprefix("torch."),
+            session_len=max_model_len,
+            cache_max_entry_count=cache_fraction,
+            distributed_executor_backend="ray",
+            empty_init=True,
+        )
+        self.pipe = pipeline(models.engine_dir(model_path), backend_config=config, log_level="ERROR")
+        self.engine = self.pipe.async_engine
+        self.tokenizer = models.load_tokenizer(model_path)
+        self.timeout_s = timeout_s
+        self.asleep = True  # empty_init: no weights, no KV cache until the first sync
+        self.policy_version = -1
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+        if self.policy_version < 0 or self.asleep:
+            raise RuntimeError("engine has no weights from the trainer yet, or sleeps; call load_weights first")
+        config = generation_config(params)
+        requests = expand_requests(prompts, params.n)
+        responses = self._run(self._all(requests, config))
+        completions = [self._completion(r) for r in responses]
+        return [completions[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
+
+    async def _all(self, requests: list[list[int]], config: Any) -> list[Any]:
+        return await asyncio.gather(*(self._one(ids, config) for ids in requests))
+
+    async def _one(self, input_ids: list[int], config: Any) -> Any:
+        """One request through the async engine: ``preprocess`` on token ids, then the whole response."""
+        request = await self.engine.preprocess(
+            None, session_id=self.engine.session_mgr.get(), gen_config=config, input_ids=input_ids
+        )
+        response = None
+        async for out in self.engine.generate(request, stream_response=False):
+            part = out.to_response()
+            response = part if response is None else response.extend(part)
+        if response is None or response.finish_reason == "error":
+            raise RuntimeError(f"LMDeploy request failed: {getattr(response, 'error_message', 'no response')}")
+        return response
+
+    def _run(self, coroutine: Any) -> Any:
+        """Run on the pipeline's own event loop thread, where its engine lives."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.pipe.internal_thread.loop)
+        return future.result(timeout=self.timeout_s)
+
+    def _completion(self, response: Any) -> Completion:
+        ids = tuple(response.token_ids)
+        finish: Literal["stop", "length"] = "length" if response.finish_reason == "length" else "stop"
+        return Completion(ids, sampled_logprobs(ids, response.logprobs), finish, self.policy_version, response.text)
+
+    def sleep(self) -> None:
+        """Free weights and KV cache (level 2) while the trainer uses the GPU."""
+        if not self.asleep:
+            self._run(self.engine.sleep(level=2))
+            self.asleep = True
+
+    def load_weights(self, version: int, buckets: Iterable[Bucket]) -> None:
+        """Wake the weights if asleep, send every bucket through ``update_params``, then wake the KV cache."""
+        from lmdeploy.utils import serialize_state_dict
+
+        self.policy_version = -1
+        if self.asleep:
+            self.engine.wakeup(["weights"])
+        pending: tuple[str, object] | None = None  # a serialized bucket and the GPU tensors its handles point to
+        for bucket in buckets:
+            if pending is not None:
+                self._update(pending[0], finished=False)
+            tensors = bucket if isinstance(bucket, str) else on_gpu(bucket)
+            pending = (tensors if isinstance(tensors, str) else serialize_state_dict(tensors), tensors)
+        if pending is None:
+            raise RuntimeError(f"weight sync to version {version} carried no buckets")
+        self._update(pending[0], finished=True)
+        self.engine.complete_weights_update()
+        if self.asleep:
+            self.engine.wakeup(["kv_cache"])
+            self.asleep = False
+        self.policy_version = version
+
+    def _update(self, serialized: str, finished: bool) -> None:
+        from lmdeploy.serve.openai.protocol import UpdateParamsRequest
+
+        self.engine.engine.update_params(UpdateParamsRequest(serialized_named_tensors=serialized, finished=finished))
+
+
+def on_gpu(bucket: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: tensor.to("cuda", non_blocking=True) for name, tensor in bucket.items()}

@@ -1,0 +1,180 @@
+"""The LMDeploy adapter's own logic, against a fake ``lmdeploy`` (the real one needs a GPU: tests/gpu)."""
+
+import asyncio
+import sys
+import threading
+import types
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from rlstack.types import SamplingParams
+from rollout import lmdeploy_engine
+from rollout.lmdeploy_engine import LMDeployEngine, expand_requests, sampled_logprobs
+
+
+@dataclass
+class FakeResponse:
+    text: str
+    token_ids: list[int]
+    logprobs: list[dict[int, float]]
+    finish_reason: str = "stop"
+
+    def extend(self, other: "FakeResponse") -> "FakeResponse":
+        return FakeResponse(
+            self.text + other.text,
+            self.token_ids + other.token_ids,
+            self.logprobs + other.logprobs,
+            other.finish_reason,
+        )
+
+
+@dataclass
+class FakeOut:
+    response: FakeResponse
+
+    def to_response(self) -> FakeResponse:
+        return self.response
+
+
+@dataclass
+class FakeAsyncEngine:
+    """Answers each request with its last prompt token + 1, then + 2, in two streamed parts."""
+
+    calls: list = field(default_factory=list)
+    configs: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.session_mgr = types.SimpleNamespace(get=lambda: object())
+        self.engine = types.SimpleNamespace(update_params=lambda request: self.calls.append(("update", request)))
+
+    async def preprocess(self, messages, session_id, gen_config, input_ids):
+        assert messages is None
+        self.configs.append(gen_config)
+        return input_ids
+
+    async def generate(self, request, stream_response):
+        assert stream_response is False
+        last = request[-1]
+        yield FakeOut(FakeResponse("a", [last + 1], [{last + 1: -0.5, 7: -1.0}], "length"))
+        yield FakeOut(FakeResponse("b", [last + 2], [{last + 2: -0.25}], "stop"))
+
+    async def sleep(self, level):
+        self.calls.append(("sleep", level))
+
+    def wakeup(self, tags):
+        self.calls.append(("wakeup", tags))
+
+    def complete_weights_update(self):
+        self.calls.append(("complete",))
+
+
+class FakePipeline:
+    def __init__(self) -> None:
+        self.async_engine = FakeAsyncEngine()
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, daemon=True).start()
+        self.internal_thread = types.SimpleNamespace(loop=loop)
+
+
+@pytest.fixture
+def fake_lmdeploy(monkeypatch):
+    """A stand-in ``lmdeploy`` package with the names the adapter imports."""
+    package = types.ModuleType("lmdeploy")
+    package.PytorchEngineConfig = lambda **kwargs: kwargs
+    package.GenerationConfig = lambda **kwargs: types.SimpleNamespace(**kwargs)
+    created = []
+
+    def pipeline(path, backend_config, log_level):
+        created.append((path, backend_config))
+        return FakePipeline()
+
+    package.pipeline = pipeline
+    utils = types.ModuleType("lmdeploy.utils")
+    utils.serialize_state_dict = lambda state: "serialized:" + ",".join(state)
+    protocol = types.ModuleType("lmdeploy.serve.openai.protocol")
+    protocol.UpdateParamsRequest = lambda **kwargs: kwargs
+    for name, module in {
+        "lmdeploy": package,
+        "lmdeploy.utils": utils,
+        "lmdeploy.serve": types.ModuleType("lmdeploy.serve"),
+        "lmdeploy.serve.openai": types.ModuleType("lmdeploy.serve.openai"),
+        "lmdeploy.serve.openai.protocol": protocol,
+    }.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(lmdeploy_engine, "on_gpu", lambda bucket: dict(bucket))
+    return created
+
+
+@pytest.fixture
+def engine(fake_lmdeploy):
+    return LMDeployEngine("random:tiny", torch.bfloat16, tensor_parallel_size=2, timeout_s=10)
+
+
+def test_the_pipeline_starts_empty_with_the_ray_executor(engine, fake_lmdeploy):
+    path, config = fake_lmdeploy[0]
+    assert path.endswith("random-tiny")
+    assert config["distributed_executor_backend"] == "ray"
+    assert config["empty_init"] is True
+    assert (config["tp"], config["dtype"]) == (2, "bfloat16")
+
+
+def test_requests_repeat_each_prompt_n_times():
+    assert expand_requests([[1, 2], [3]], 2) == [[1, 2], [1, 2], [3], [3]]
+
+
+def test_sampled_logprobs_pick_each_sampled_token_and_reject_missing_rows():
+    assert sampled_logprobs([5, 6], [{5: -0.1, 9: -2.0}, {6: -0.3}]) == (-0.1, -0.3)
+    with pytest.raises(RuntimeError, match="1 logprob rows for 2 tokens"):
+        sampled_logprobs([5, 6], [{5: -0.1}])
+
+
+def test_the_engine_refuses_to_serve_before_the_first_sync(engine):
+    with pytest.raises(RuntimeError, match="no weights"):
+        engine.generate([[1]], SamplingParams())
+
+
+def test_a_sync_wakes_weights_sends_every_bucket_then_wakes_the_kv_cache(engine):
+    calls = engine.engine.calls
+    engine.load_weights(3, [{"a": torch.ones(1)}, "ipc-handles", {"b": torch.ones(1)}])
+    assert calls[0] == ("wakeup", ["weights"])
+    updates = [request for kind, *request in calls if kind == "update"]
+    assert [u[0]["serialized_named_tensors"] for u in updates] == ["serialized:a", "ipc-handles", "serialized:b"]
+    assert [u[0]["finished"] for u in updates] == [False, False, True]
+    assert calls[-2:] == [("complete",), ("wakeup", ["kv_cache"])]
+    assert engine.policy_version == 3
+
+    calls.clear()
+    engine.load_weights(4, ["x"])  # awake: no wake-ups
+    assert [c[0] for c in calls] == ["update", "complete"]
+
+
+def test_sleeping_frees_the_engine_until_the_next_sync(engine):
+    engine.load_weights(1, ["x"])
+    engine.sleep()
+    assert engine.engine.calls[-1] == ("sleep", 2)
+    with pytest.raises(RuntimeError, match="sleeps"):
+        engine.generate([[1]], SamplingParams())
+    engine.load_weights(2, ["y"])
+    assert engine.engine.calls[-1] == ("wakeup", ["kv_cache"])
+
+
+def test_generate_groups_n_responses_per_prompt_with_their_logprobs(engine):
+    engine.load_weights(5, ["x"])
+    params = SamplingParams(n=2, max_new_tokens=7, temperature=1.0, stop=("\n",), seed=11)
+    groups = engine.generate([[10], [20, 30]], params)
+    assert [[c.token_ids for c in g] for g in groups] == [[(11, 12), (11, 12)], [(31, 32), (31, 32)]]
+    completion = groups[1][0]
+    assert completion.logprobs == (-0.5, -0.25)
+    assert (completion.text, completion.finish_reason, completion.policy_version) == ("ab", "stop", 5)
+    config = engine.engine.configs[0]
+    assert (config.max_new_tokens, config.do_sample, config.top_k, config.logprobs) == (7, True, 0, 1)
+    assert (config.stop_words, config.include_stop_str_in_output, config.random_seed) == (["\n"], True, 11)
+
+
+def test_greedy_requests_do_not_sample(engine):
+    engine.load_weights(0, ["x"])
+    engine.generate([[1]], SamplingParams(temperature=0.0))
+    config = engine.engine.configs[-1]
+    assert (config.do_sample, config.temperature) == (False, 1.0)
