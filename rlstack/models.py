@@ -126,6 +126,7 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
 
 def random_config(preset: str, vocab_size: int) -> LlamaConfig:
     return LlamaConfig(
+        architectures=["LlamaForCausalLM"],
         vocab_size=vocab_size,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
