@@ -11,6 +11,7 @@ A recipe's ``model.path`` is one of:
   and benchmarks. Presets are listed in ``RANDOM_PRESETS``.
 """
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -151,12 +152,14 @@ def engine_dir(path: str) -> str:
     """
     if not path.startswith(RANDOM_PREFIX):
         return resolve(path)
-    target = cache_root() / "models" / path.replace(":", "-")
+    tokenizer = load_tokenizer(path)
+    config = random_config(path.removeprefix(RANDOM_PREFIX), vocab_size=len(tokenizer))
+    digest = hashlib.sha256(config.to_json_string().encode()).hexdigest()[:12]
+    target = cache_root() / "models" / f"{path.replace(':', '-')}-{digest}"  # a changed config gets a new directory
     if not (target / "config.json").is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".provision-"))
-        tokenizer = load_tokenizer(path)
-        random_config(path.removeprefix(RANDOM_PREFIX), vocab_size=len(tokenizer)).save_pretrained(staging)
+        config.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         try:
             staging.rename(target)

@@ -114,7 +114,7 @@ def engine(fake_lmdeploy):
 
 def test_the_pipeline_starts_empty_with_the_ray_executor(engine, fake_lmdeploy):
     path, config = fake_lmdeploy[0]
-    assert path.endswith("random-tiny")
+    assert "random-tiny-" in path
     assert config["distributed_executor_backend"] == "ray"
     assert config["empty_init"] is True
     assert (config["tp"], config["dtype"]) == (2, "bfloat16")
