@@ -85,7 +85,8 @@ class LMDeployEngine:
         self.engine = self.pipe.async_engine
         self.tokenizer = models.load_tokenizer(model_path)
         self.timeout_s = timeout_s
-        self.asleep = True  # empty_init: no weights, no KV cache until the first sync
+        self.asleep = True  # empty_init: placeholder weights, no KV cache until the first sync
+        self.weights_freed = False  # only sleep level 2 frees them
         self.policy_version = -1
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
@@ -127,15 +128,16 @@ class LMDeployEngine:
         """Free weights and KV cache (level 2) while the trainer uses the GPU."""
         if not self.asleep:
             self._run(self.engine.sleep(level=2))
-            self.asleep = True
+            self.asleep = self.weights_freed = True
 
     def load_weights(self, version: int, buckets: Iterable[Bucket]) -> None:
-        """Wake the weights if asleep, send every bucket through ``update_params``, then wake the KV cache."""
+        """Wake freed weights, send every bucket through ``update_params``, then wake the KV cache if asleep."""
         from lmdeploy.utils import serialize_state_dict
 
         self.policy_version = -1
-        if self.asleep:
+        if self.weights_freed:
             self.engine.wakeup(["weights"])
+            self.weights_freed = False
         pending: tuple[str, object] | None = None  # a serialized bucket and the GPU tensors its handles point to
         for bucket in buckets:
             if pending is not None:

@@ -135,10 +135,10 @@ def test_the_engine_refuses_to_serve_before_the_first_sync(engine):
         engine.generate([[1]], SamplingParams())
 
 
-def test_a_sync_wakes_weights_sends_every_bucket_then_wakes_the_kv_cache(engine):
+def test_the_first_sync_sends_every_bucket_then_wakes_the_kv_cache(engine):
     calls = engine.engine.calls
     engine.load_weights(3, [{"a": torch.ones(1)}, "ipc-handles", {"b": torch.ones(1)}])
-    assert calls[0] == ("wakeup", ["weights"])
+    assert calls[0][0] == "update"  # empty init: weights are allocated, only the KV cache sleeps
     updates = [request for kind, *request in calls if kind == "update"]
     assert [u[0]["serialized_named_tensors"] for u in updates] == ["serialized:a", "ipc-handles", "serialized:b"]
     assert [u[0]["finished"] for u in updates] == [False, False, True]
@@ -156,8 +156,14 @@ def test_sleeping_frees_the_engine_until_the_next_sync(engine):
     assert engine.engine.calls[-1] == ("sleep", 2)
     with pytest.raises(RuntimeError, match="sleeps"):
         engine.generate([[1]], SamplingParams())
+    engine.engine.calls.clear()
     engine.load_weights(2, ["y"])
-    assert engine.engine.calls[-1] == ("wakeup", ["kv_cache"])
+    assert [c[0] if c[0] != "wakeup" else c for c in engine.engine.calls] == [
+        ("wakeup", ["weights"]),
+        "update",
+        "complete",
+        ("wakeup", ["kv_cache"]),
+    ]
 
 
 def test_generate_groups_n_responses_per_prompt_with_their_logprobs(engine):
