@@ -74,7 +74,12 @@ def generation(root: Path, rounds: int) -> dict[str, object]:
     tokenizer = models.load_tokenizer(path)
     prompts = [render_prompt(tokenizer, [{"role": "user", "content": f"Count to {i}."}]) for i in range(64)]
     params = SamplingParams(n=4, max_new_tokens=256, temperature=1.0)
-    config = PytorchEngineConfig(dtype="bfloat16", cache_max_entry_count=0.3, distributed_executor_backend="ray")
+    config = PytorchEngineConfig(
+        dtype="bfloat16",
+        cache_max_entry_count=0.3,
+        distributed_executor_backend="ray",
+        logprobs_mode="raw_logprobs",
+    )
     raw = pipeline(path, backend_config=config, log_level="ERROR")
     raw_config: GenerationConfig = generation_config(params)
     texts = [tokenizer.decode(p) for p in prompts for _ in range(params.n)]

@@ -80,6 +80,7 @@ class LMDeployEngine:
             cache_max_entry_count=cache_fraction,
             distributed_executor_backend="ray",
             empty_init=True,
+            logprobs_mode="raw_logprobs",
         )
         self.pipe = pipeline(models.engine_dir(model_path), backend_config=config, log_level="ERROR")
         self.engine = self.pipe.async_engine

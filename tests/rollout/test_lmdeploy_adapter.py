@@ -116,7 +116,7 @@ def test_the_pipeline_starts_empty_with_the_ray_executor(engine, fake_lmdeploy):
     path, config = fake_lmdeploy[0]
     assert "random-tiny-" in path
     assert config["distributed_executor_backend"] == "ray"
-    assert config["empty_init"] is True
+    assert (config["empty_init"], config["logprobs_mode"]) == (True, "raw_logprobs")
     assert (config["tp"], config["dtype"]) == (2, "bfloat16")
 
 
