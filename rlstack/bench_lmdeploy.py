@@ -169,7 +169,7 @@ def sync(preset: str, root: Path, rounds: int) -> dict[str, float]:
         seconds = statistics.median(times)
         figures[f"sync_{preset}_{name}_s"] = round(seconds, 4)
         figures[f"sync_{preset}_{name}_gib_s"] = round(num_bytes / GIB / seconds, 1)
-    engine.pipe.close()
+    engine.close()
     return figures
 
 

@@ -125,6 +125,10 @@ class LMDeployEngine:
         finish: Literal["stop", "length"] = "length" if response.finish_reason == "length" else "stop"
         return Completion(ids, sampled_logprobs(ids, response.logprobs), finish, self.policy_version, response.text)
 
+    def close(self) -> None:
+        """Stop the pipeline and its Ray workers, giving their GPUs back."""
+        self.pipe.close()
+
     def sleep(self) -> None:
         """Free weights and KV cache (level 2) while the trainer uses the GPU."""
         if not self.asleep:

@@ -54,10 +54,11 @@ def tokens(groups: list) -> list[tuple[int, ...]]:
     return [group[0].token_ids for group in groups]
 
 
-def test_generation_and_a_b_a_weight_pushes_are_exact(ray_cluster):
+def test_generation_and_a_b_a_weight_pushes_are_exact(ray_cluster, request):
     from rollout.lmdeploy_engine import LMDeployEngine
 
     engine = LMDeployEngine(MODEL, torch.bfloat16, max_model_len=512, cache_fraction=0.3, timeout_s=300)
+    request.addfinalizer(engine.close)
     tokenizer = models.load_tokenizer(MODEL)
     prompts = [render_prompt(tokenizer, [{"role": "user", "content": f"What is {i} + 1?"}]) for i in range(8)]
     greedy = SamplingParams(n=1, max_new_tokens=24, temperature=0.0)
