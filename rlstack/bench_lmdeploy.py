@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import ray
@@ -65,12 +66,22 @@ def weights_dir(preset: str, root: Path) -> tuple[str, dict[str, torch.Tensor]]:
     return str(target), {name: param.detach() for name, param in model.named_parameters()}
 
 
+def measure(generate: Callable[[], int], rounds: int) -> float:
+    """Tokens per second over ``rounds`` calls after one warm-up call."""
+    generate()
+    tokens, start = 0, time.perf_counter()
+    for _ in range(rounds):
+        tokens += generate()
+    return tokens / (time.perf_counter() - start)
+
+
 def generation(root: Path, rounds: int) -> dict[str, object]:
-    from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
+    """The raw pipeline first, closed before the RolloutGroup starts: each Ray executor takes its own GPU share."""
+    from lmdeploy import PytorchEngineConfig, pipeline
 
     from rollout.lmdeploy_engine import generation_config
 
-    path, weights = weights_dir("smollm2-135m", root)
+    path, _ = weights_dir("smollm2-135m", root)
     tokenizer = models.load_tokenizer(path)
     prompts = [render_prompt(tokenizer, [{"role": "user", "content": f"Count to {i}."}]) for i in range(64)]
     params = SamplingParams(n=4, max_new_tokens=256, temperature=1.0)
@@ -81,35 +92,19 @@ def generation(root: Path, rounds: int) -> dict[str, object]:
         logprobs_mode="raw_logprobs",
     )
     raw = pipeline(path, backend_config=config, log_level="ERROR")
-    raw_config: GenerationConfig = generation_config(params)
     texts = [tokenizer.decode(p) for p in prompts for _ in range(params.n)]
-
-    def raw_round() -> tuple[int, float]:
-        start = time.perf_counter()
-        responses = raw.infer(texts, gen_config=raw_config, do_preprocess=False)
-        return sum(len(r.token_ids) for r in responses), time.perf_counter() - start
+    raw_config = generation_config(params)
+    raw_tok_s = measure(
+        lambda: sum(len(r.token_ids) for r in raw.infer(texts, gen_config=raw_config, do_preprocess=False)), rounds
+    )
+    raw.close()
 
     recipe = load_recipe(RECIPE, [*common_overrides("smollm2-135m"), f"model.path={path}"])
     with GRPOController(recipe, root / "runs" / "generation") as controller:
         controller.sync_weights()
         assert controller.rollout is not None
         group = controller.rollout
-
-        def group_round() -> tuple[int, float]:
-            start = time.perf_counter()
-            groups = group.generate(prompts, params)
-            return sum(len(c.token_ids) for g in groups for c in g), time.perf_counter() - start
-
-        raw_round(), group_round()  # warm-up
-        totals = {"raw": [0, 0.0], "group": [0, 0.0]}
-        for _ in range(rounds):
-            for name, measure in (("raw", raw_round), ("group", group_round)):
-                tokens, seconds = measure()
-                totals[name][0] += tokens
-                totals[name][1] += seconds
-    raw.close()
-    del weights
-    raw_tok_s, group_tok_s = (totals[k][0] / totals[k][1] for k in ("raw", "group"))
+        group_tok_s = measure(lambda: sum(len(c.token_ids) for g in group.generate(prompts, params) for c in g), rounds)
     return {
         "generation_workload": "64 prompts x 4 samples, 256 new tokens, bf16, 135M",
         "raw_pipeline_tok_s": round(raw_tok_s),

@@ -8,6 +8,12 @@ from pathlib import Path
 from typing import Any
 
 
+def accelerator() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"
+
+
 def record_result(
     bench: str, command: str, figures: dict[str, Any], targets_met: dict[str, bool], output: Path
 ) -> None:
@@ -15,7 +21,7 @@ def record_result(
     record = {
         "bench": bench,
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {accelerator()}",
         "command": command,
         **figures,
         "targets_met": targets_met,

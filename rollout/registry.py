@@ -24,6 +24,7 @@ def make_engine(recipe: Recipe) -> Engine:
             max_model_len=rollout.max_model_len,
             kv_cache_gb=rollout.kv_cache_gb,
             gpu_memory_utilization=rollout.gpu_memory_utilization,
+            enforce_eager=rollout.enforce_eager,
             timeout_s=rollout.timeout_s,
         )
     if recipe.rollout.engine == "lmdeploy":

@@ -38,6 +38,7 @@ class VLLMEngine:
         max_model_len: int = 2048,
         kv_cache_gb: int = 2,
         gpu_memory_utilization: float = 0.5,
+        enforce_eager: bool | None = None,
         timeout_s: float | None = None,
     ):
         if device == "cpu":
@@ -56,6 +57,7 @@ class VLLMEngine:
             enable_prefix_caching=True,
             logprobs_mode="processed_logprobs",
             gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=device == "cpu" if enforce_eager is None else enforce_eager,
             worker_extension_cls="rollout.vllm_weights.EngineWorkerExtension",
             weight_transfer_config=WeightTransferConfig(backend=IN_PROCESS_BACKEND),
         )
