@@ -3,7 +3,6 @@
 import math
 import os
 import socket
-from pathlib import Path
 from typing import Any, TypeVar
 
 import ray
@@ -27,6 +26,7 @@ from rlstack import models
 from rlstack.algorithms import aggregate, clipped_surrogate, kl_penalty, token_entropy, token_logprobs
 from rlstack.algorithms.dpo import comparable_logprobs, dpo_loss
 from rlstack.algorithms.sft import sft_loss
+from rlstack.checkpoint import readable, writable
 from rlstack.config import Recipe
 from rlstack.data.batching import (
     Collated,
@@ -383,30 +383,27 @@ class TrainerWorker:
     def fingerprint(self) -> dict[str, float]:
         return models.fingerprint(self.model)
 
-    def load(self, path: str) -> None:
+    def load(self, uri: str) -> None:
         """Continue from a checkpoint written by ``save``: weights, optimizer, scheduler and RNG."""
-        files = sorted(Path(path).glob("*.safetensors"))
-        weights: dict[str, Any] = {name: tensor for file in files for name, tensor in load_file(file).items()}
+        with readable(uri) as path:
+            files = sorted(path.glob("*.safetensors"))
+            weights: dict[str, Any] = {name: tensor for file in files for name, tensor in load_file(file).items()}
+            state = torch.load(path / "trainer_state.pt", weights_only=False)
         options = StateDictOptions(full_state_dict=True, strict=False)  # tied lm_head is saved once
         set_model_state_dict(self.model, weights, options=options)
-        state = torch.load(Path(path) / "trainer_state.pt", weights_only=False)
         if "optimizer" in state:
             set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=options)
         self.scheduler.load_state_dict(state["scheduler"])
         self.num_optimizer_steps = state["num_optimizer_steps"]
         torch.set_rng_state(state["rng"])
 
-    def save(self, path: str, optimizer: bool) -> None:
-        """HF safetensors and tokenizer in ``path``, plus optimizer and trainer state."""
+    def save(self, uri: str, optimizer: bool, files: dict[str, str]) -> None:
+        """HF safetensors and tokenizer at ``uri``, plus optimizer and trainer state and ``files`` (name: text)."""
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         weights = get_model_state_dict(self.model, options=options)
         optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=options) if optimizer else None
         if self.rank != 0:
             return
-        target = Path(path)
-        target.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(target, state_dict=weights)
-        self.tokenizer.save_pretrained(target)
         trainer_state: dict[str, Any] = {
             "num_optimizer_steps": self.num_optimizer_steps,
             "scheduler": self.scheduler.state_dict(),
@@ -414,7 +411,12 @@ class TrainerWorker:
         }
         if optim_state is not None:
             trainer_state["optimizer"] = optim_state
-        torch.save(trainer_state, target / "trainer_state.pt")
+        with writable(uri) as target:
+            self.model.save_pretrained(target, state_dict=weights)
+            self.tokenizer.save_pretrained(target)
+            torch.save(trainer_state, target / "trainer_state.pt")
+            for name, text in files.items():
+                (target / name).write_text(text)
 
 
 class TrainerGroup:
@@ -472,8 +474,8 @@ class TrainerGroup:
     def fingerprint(self) -> dict[str, float]:
         return ray.get([w.fingerprint.remote() for w in self.workers])[0]
 
-    def save(self, path: str, optimizer: bool) -> None:
-        ray.get([w.save.remote(path, optimizer) for w in self.workers])
+    def save(self, uri: str, optimizer: bool, files: dict[str, str]) -> None:
+        ray.get([w.save.remote(uri, optimizer, files) for w in self.workers])
 
     def load(self, path: str) -> None:
         ray.get([w.load.remote(path) for w in self.workers])

