@@ -4,21 +4,23 @@ import os
 from typing import Any
 
 import ray
+import torch
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from rlstack import models
 from rlstack.config import Recipe
 from rlstack.types import Completion, SamplingParams
 from rollout.registry import make_engine
+from rollout.weight_broadcast import WeightGroup, plan_buckets
 
 
 class RolloutWorker:
     """One engine in one actor. Ray runs one method at a time, so a weight sync never interleaves with generation."""
 
     def __init__(self, recipe: Recipe):
-        import torch
-
+        self.recipe = recipe
         torch.set_num_threads(recipe.placement.num_threads or os.cpu_count() or 1)
         self.engine = make_engine(recipe)
 
@@ -31,6 +33,17 @@ class RolloutWorker:
     def update_weights(self, version: int, bucket_refs: list[ray.ObjectRef]) -> int:
         """Fetch buckets one at a time and install them; return the version now served."""
         self.engine.load_weights(version, (ray.get(ref) for ref in bucket_refs))
+        return self.engine.policy_version
+
+    def join_weight_group(self, host: str, port: int, rank: int, world_size: int) -> None:
+        self.weight_group = WeightGroup(host, port, rank, world_size, self.recipe.placement.device)
+
+    def receive_weights(self, version: int) -> int:
+        """Install the buckets trainer rank 0 is broadcasting, each loaded as it arrives."""
+        rollout = self.recipe.rollout
+        dtype = getattr(torch, rollout.dtype)
+        plan = plan_buckets(models.parameter_shapes(self.recipe.model.path), rollout.bucket_mb, dtype.itemsize)
+        self.engine.load_weights(version, self.weight_group.receive(plan, dtype))
         return self.engine.policy_version
 
     def policy_version(self) -> int:
@@ -107,6 +120,14 @@ class RolloutGroup:
 
     def update_weights(self, version: int, bucket_refs: list[ray.ObjectRef]) -> list[int]:
         return self._get([w.update_weights.remote(version, bucket_refs) for w in self.workers], "weight sync")
+
+    def join_weight_group(self, host: str, port: int) -> list[ray.ObjectRef]:
+        """Engine ``i`` joins as rank ``i + 1``; returns at once, as the trainer joins at the same time."""
+        world_size = len(self.workers) + 1
+        return [w.join_weight_group.remote(host, port, i + 1, world_size) for i, w in enumerate(self.workers)]
+
+    def receive_weights(self, version: int) -> list[int]:
+        return self._get([w.receive_weights.remote(version) for w in self.workers], "weight sync")
 
     def policy_versions(self) -> list[int]:
         return self._get([w.policy_version.remote() for w in self.workers], "policy_version")

@@ -38,6 +38,7 @@ from rlstack.data.batching import (
 )
 from rlstack.data.packing import PackedRow, SFTExample, attention_mask_from_positions, collate_packed, pack
 from rlstack.types import PreferenceBatch, PreferencePair, Sample, SFTBatch, TrainBatch
+from rollout.weight_broadcast import WeightGroup, flatten, plan_buckets
 
 PLACEMENT_TIMEOUT_S = 300
 T = TypeVar("T")
@@ -380,6 +381,27 @@ class TrainerWorker:
         """Free the GPU buckets of the last ``cuda_ipc`` sync, once every engine has loaded them."""
         self.sent_buckets.clear()
 
+    def join_weight_group(self, host: str, port: int, world_size: int) -> None:
+        """Rank 0 joins the broadcast group with the engines, as its rank 0 (hosting the store)."""
+        if self.rank == 0:
+            self.weight_group = WeightGroup(host, port, 0, world_size, self.recipe.placement.device)
+
+    @torch.no_grad()
+    def broadcast_weights(self, bucket_mb: int, dtype: str) -> None:
+        """Every rank gathers each parameter; rank 0 broadcasts the planned buckets, one flat tensor each."""
+        params = dict(self.model.named_parameters())
+        wire = getattr(torch, dtype)
+        plan = plan_buckets([(n, tuple(p.shape)) for n, p in params.items()], bucket_mb, wire.itemsize)
+        for entries in plan:
+            bucket = {}
+            for name, _ in entries:
+                param = params[name]
+                full = param.full_tensor() if isinstance(param, DTensor) else param
+                if self.rank == 0:
+                    bucket[name] = full.detach().to(self.device, wire)
+            if self.rank == 0:
+                self.weight_group.broadcast(flatten(bucket))
+
     def fingerprint(self) -> dict[str, float]:
         return models.fingerprint(self.model)
 
@@ -470,6 +492,18 @@ class TrainerGroup:
 
     def release_buckets(self) -> None:
         ray.get([w.release_buckets.remote() for w in self.workers])
+
+    def weight_group_address(self) -> tuple[str, int]:
+        """Host and a free port on rank 0's node, for the broadcast group's store."""
+        return ray.get(self.workers[0].rendezvous_address.remote())
+
+    def join_weight_group(self, host: str, port: int, world_size: int) -> list[ray.ObjectRef]:
+        """Returns at once: the engines must join at the same time."""
+        return [w.join_weight_group.remote(host, port, world_size) for w in self.workers]
+
+    def broadcast_weights(self, bucket_mb: int, dtype: str) -> list[ray.ObjectRef]:
+        """Returns at once: the engines receive while rank 0 sends."""
+        return [w.broadcast_weights.remote(bucket_mb, dtype) for w in self.workers]
 
     def fingerprint(self) -> dict[str, float]:
         return ray.get([w.fingerprint.remote() for w in self.workers])[0]

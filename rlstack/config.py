@@ -137,9 +137,10 @@ class RolloutSection(Section):
     its KV cache."""
     tensor_parallel_size: int = 1
     """LMDeploy: GPUs per engine."""
-    weight_transport: Literal["object_store", "cuda_ipc"] = "object_store"
-    """How the trainer's buckets reach the engines: through the Ray object store (any engine, any node), or as
-    CUDA IPC handles to GPU tensors the trainer keeps until the engines have loaded them (LMDeploy, same node)."""
+    weight_transport: Literal["object_store", "cuda_ipc", "broadcast"] = "object_store"
+    """How the trainer's buckets reach the engines: through the Ray object store (any engine, any node); as CUDA
+    IPC handles to GPU tensors the trainer keeps until the engines have loaded them (LMDeploy, same node); or
+    broadcast by trainer rank 0 over a process group with the engines (gloo on CPU, NCCL on GPU; HF and vLLM)."""
     sleep_while_training: bool = False
     """LMDeploy colocated with the trainer on one GPU: free the engine's weights and KV cache (sleep level 2) for
     each update; the next weight sync wakes it."""
@@ -157,6 +158,8 @@ class RolloutSection(Section):
                 f"rollout.engine='lmdeploy' reports logprobs before temperature and top-p: set rollout.temperature=1 "
                 f"and rollout.top_p=1 (got {self.temperature}, {self.top_p})"
             )
+        if self.engine == "lmdeploy" and self.weight_transport == "broadcast":
+            raise ValueError("rollout.weight_transport=broadcast is not built for rollout.engine='lmdeploy'")
         if self.engine != "lmdeploy" and (self.weight_transport == "cuda_ipc" or self.sleep_while_training):
             raise ValueError(
                 f"rollout.weight_transport=cuda_ipc and rollout.sleep_while_training need rollout.engine=lmdeploy, "

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 
+import ray
 import torch
 import yaml
 from transformers import PreTrainedTokenizerBase
@@ -58,6 +59,7 @@ class Controller:
         self.rewards = RewardPool(recipe.reward, recipe.placement) if self.held_out_prompts else None
         self.policy_version = 0
         self.engine_version: int | None = None
+        self.weight_group_joined = False
         self.start_step = 0
         if recipe.checkpoint.resume_from:
             self.resume(recipe.checkpoint.resume_from)
@@ -136,8 +138,18 @@ class Controller:
         """Stream the trainer's full weights to every engine as ``self.policy_version``."""
         assert self.rollout is not None
         rollout = self.recipe.rollout
-        refs = self.trainer.state_dict_buckets(rollout.bucket_mb, rollout.dtype, rollout.weight_transport)
-        versions = self.rollout.update_weights(self.policy_version, refs)
+        if rollout.weight_transport == "broadcast":
+            if not self.weight_group_joined:
+                host, port = self.trainer.weight_group_address()
+                joins = self.trainer.join_weight_group(host, port, len(self.rollout.workers) + 1)
+                ray.get(joins + self.rollout.join_weight_group(host, port), timeout=rollout.start_timeout_s)
+                self.weight_group_joined = True
+            sending = self.trainer.broadcast_weights(rollout.bucket_mb, rollout.dtype)
+            versions = self.rollout.receive_weights(self.policy_version)
+            ray.get(sending)
+        else:
+            refs = self.trainer.state_dict_buckets(rollout.bucket_mb, rollout.dtype, rollout.weight_transport)
+            versions = self.rollout.update_weights(self.policy_version, refs)
         if rollout.weight_transport == "cuda_ipc":
             self.trainer.release_buckets()
         assert all(v == self.policy_version for v in versions), versions

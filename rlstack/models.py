@@ -168,12 +168,12 @@ def engine_dir(path: str) -> str:
     return str(target)
 
 
-def parameter_names(path: str) -> list[str]:
-    """The model's parameter names as the trainer sends them (tied weights once), without loading weights."""
+def parameter_shapes(path: str) -> list[tuple[str, tuple[int, ...]]]:
+    """The model's parameter names and shapes in the trainer's order (tied weights once), without weights."""
     config = AutoConfig.from_pretrained(engine_dir(path))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    return [name for name, _ in model.named_parameters()]
+    return [(name, tuple(param.shape)) for name, param in model.named_parameters()]
 
 
 @torch.no_grad()

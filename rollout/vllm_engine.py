@@ -62,7 +62,7 @@ class VLLMEngine:
             weight_transfer_config=WeightTransferConfig(backend=IN_PROCESS_BACKEND),
         )
         self.tokenizer = self.llm.get_tokenizer()
-        self.expected_names = models.parameter_names(model_path)
+        self.expected_names = [name for name, _ in models.parameter_shapes(model_path)]
         self.timeout_s = timeout_s
         self.policy_version = -1
 

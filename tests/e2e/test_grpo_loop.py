@@ -12,7 +12,8 @@ from rlstack.types import Sample, SamplingParams
 pytestmark = pytest.mark.e2e
 
 
-def test_two_grpo_steps_update_trainer_and_engine_to_the_same_version(ray_cluster, tmp_path, request):
+@pytest.mark.parametrize("transport", ["object_store", "broadcast"])
+def test_two_grpo_steps_update_trainer_and_engine_to_the_same_version(ray_cluster, tmp_path, request, transport):
     recipe = load_recipe(
         request.config.rootpath / "recipes/grpo_tiny_random.yaml",
         [
@@ -20,6 +21,7 @@ def test_two_grpo_steps_update_trainer_and_engine_to_the_same_version(ray_cluste
             f"tracking.run_root={tmp_path}",
             "tracking.name=run",
             "rollout.dtype=float32",
+            f"rollout.weight_transport={transport}",
         ],
     )
     with GRPOController(recipe, tmp_path / "run") as controller:
