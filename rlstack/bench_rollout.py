@@ -4,7 +4,7 @@ Both sides get the demo's workload (16 arithmetic prompts x 8 samples, T=1, 40 n
 tokens, bfloat16, the embedded SmolLM2) and are timed in alternating rounds in one run,
 so machine noise hits both alike. The raw engine runs in this process; the RolloutGroup
 runs one in-process engine in a Ray actor and adds scheduling, the object store and the
-``Completion`` conversion.
+``Completion`` conversion. Both run eager, as the engine does on CPU by default.
 """
 
 import argparse
@@ -44,7 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     from vllm import SamplingParams as VLLMSamplingParams
     from vllm.inputs import TokensPrompt
 
-    raw = LLM(model=models.resolve(recipe.model.path), dtype=rollout.dtype, seed=0, max_model_len=rollout.max_model_len)
+    raw = LLM(
+        model=models.resolve(recipe.model.path),
+        dtype=rollout.dtype,
+        seed=0,
+        max_model_len=rollout.max_model_len,
+        enforce_eager=rollout.enforce_eager is not False,  # as the engine runs on CPU
+    )
     raw_params = VLLMSamplingParams(n=params.n, temperature=1.0, max_tokens=params.max_new_tokens, logprobs=0)
     raw_prompts = [TokensPrompt(prompt_token_ids=p) for p in prompts]
 

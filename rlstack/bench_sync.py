@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     with ResidentPeak() as resident:
         engine.load_weights(1, buckets)
     figures = {
-        "weights": f"SmolLM2-135M, {rollout.dtype}, {len(buckets)} buckets of <= {rollout.bucket_mb} MB",
+        "weights": f"SmolLM2-135M, {rollout.dtype}, {len(buckets)} buckets, rollout.bucket_mb={rollout.bucket_mb}",
         "megabytes": round(num_bytes / 1e6, 1),
         "rounds": args.rounds,
         "trainer_gather_s": round(gather, 3),
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "full_sync_s": round(full, 3),
         "plain_copy_s": round(copy, 3),
         "engine_load_over_plain_copy": round(load / copy, 2),
-        "bucket_mb": round(max(sum(t.numel() * t.element_size() for t in b.values()) for b in buckets) / 1e6, 1),
+        "largest_bucket_mb": round(max(sum(t.numel() * t.element_size() for t in b.values()) for b in buckets) / 1e6, 1),
         "engine_peak_extra_mb": round(resident.extra_bytes / 1e6, 1),
     }
     record_result("sync", "rlstack bench sync", figures, {"engine_load_s<=1.0": load <= 1.0}, args.output)
