@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "full_sync_s": round(full, 3),
         "plain_copy_s": round(copy, 3),
         "engine_load_over_plain_copy": round(load / copy, 2),
-        "largest_bucket_mb": round(max(sum(t.numel() * t.element_size() for t in b.values()) for b in buckets) / 1e6, 1),
+        "largest_bucket_mb": round(max(sum(t.nbytes for t in b.values()) for b in buckets) / 1e6, 1),
         "engine_peak_extra_mb": round(resident.extra_bytes / 1e6, 1),
     }
     record_result("sync", "rlstack bench sync", figures, {"engine_load_s<=1.0": load <= 1.0}, args.output)
