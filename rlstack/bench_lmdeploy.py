@@ -16,7 +16,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,30 +28,11 @@ from rlstack.bench_result import record_result
 from rlstack.config import load_recipe
 from rlstack.controller import GRPOController
 from rlstack.data.chat import render_prompt
+from rlstack.memory import DeviceMemoryPeak
 from rlstack.types import Sample, SamplingParams
 
 RECIPE = "recipes/grpo_tiny_random.yaml"
 GIB = 2**30
-
-
-class DeviceMemoryPeak:
-    """Peak of the whole GPU's used memory (all processes), sampled every 5 ms."""
-
-    def __enter__(self) -> "DeviceMemoryPeak":
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            free, total = torch.cuda.mem_get_info()
-            self.peak = max(self.peak, total - free)
 
 
 def weights_dir(preset: str, root: Path) -> tuple[str, dict[str, torch.Tensor]]:
@@ -217,7 +197,7 @@ def colocated_cycle(root: Path, num_steps: int) -> dict[str, object]:
         for step in range(1, num_steps + 1):
             with DeviceMemoryPeak() as cycle:
                 metrics = controller.step(step)
-            cycle_peak = max(cycle_peak, cycle.peak)
+            cycle_peak = max(cycle_peak, cycle.peak_bytes)
             for key, value in metrics.items():
                 if key.startswith("time/"):
                     phases.setdefault(key, []).append(value)
@@ -238,9 +218,9 @@ def colocated_cycle(root: Path, num_steps: int) -> dict[str, object]:
     }
     return figures | {
         "peak_gib_whole_steps": round(cycle_peak / GIB, 2),
-        "peak_gib_update_engine_asleep": round(train.peak / GIB, 2),
+        "peak_gib_update_engine_asleep": round(train.peak_bytes / GIB, 2),
         "engine_awake_extra_gib": round((awake - asleep) / GIB, 2),
-        "colocated_within_update_plus_engine": cycle_peak <= train.peak + (awake - asleep) + 0.25 * GIB,
+        "colocated_within_update_plus_engine": cycle_peak <= train.peak_bytes + (awake - asleep) + 0.25 * GIB,
     }
 
 

@@ -21,43 +21,19 @@ a time on top of it).
 import argparse
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
-import psutil
 import ray
 import torch
 
 from rlstack.bench_result import record_result
 from rlstack.config import load_recipe
 from rlstack.controller import GRPOController
+from rlstack.memory import ResidentGrowth
 from rollout.vllm_engine import VLLMEngine
 
 RECIPE = "recipes/grpo_arith_smollm2.yaml"
-
-
-class ResidentPeak:
-    """Peak resident memory of this process above its level on entry, sampled every millisecond."""
-
-    def __init__(self) -> None:
-        self.process = psutil.Process()
-        self.extra_bytes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "ResidentPeak":
-        self.baseline = self.process.memory_info().rss
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.001):
-            self.extra_bytes = max(self.extra_bytes, self.process.memory_info().rss - self.baseline)
 
 
 def median_seconds(fn, rounds: int) -> float:  # type: ignore[no-untyped-def]
@@ -109,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe.model.path, dtype=getattr(torch, rollout.dtype), device="cpu", max_model_len=rollout.max_model_len
     )
     engine.load_weights(0, buckets)
-    with ResidentPeak() as resident:
+    with ResidentGrowth() as resident:
         engine.load_weights(1, buckets)
     figures = {
         "weights": f"SmolLM2-135M, {rollout.dtype}, {len(buckets)} buckets, rollout.bucket_mb={rollout.bucket_mb}",
@@ -121,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "plain_copy_s": round(copy, 3),
         "engine_load_over_plain_copy": round(load / copy, 2),
         "largest_bucket_mb": round(max(sum(t.nbytes for t in b.values()) for b in buckets) / 1e6, 1),
-        "engine_peak_extra_mb": round(resident.extra_bytes / 1e6, 1),
+        "engine_peak_extra_mb": round(resident.peak_bytes / 1e6, 1),
     }
     record_result("sync", "rlstack bench sync", figures, {"engine_load_s<=1.0": load <= 1.0}, args.output)
     return 0
