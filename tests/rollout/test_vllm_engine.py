@@ -23,7 +23,9 @@ def weights():
 
 @pytest.fixture(scope="module")
 def engine():
-    return VLLMEngine("smollm2", dtype=torch.float32, device="cpu", seed=0, max_model_len=512, timeout_s=120)
+    return VLLMEngine(
+        "smollm2", dtype=torch.float32, device="cpu", seed=0, max_model_len=512, kv_cache_gb=0.25, timeout_s=120
+    )
 
 
 @pytest.fixture(scope="module")
