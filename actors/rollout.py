@@ -36,14 +36,16 @@ class RolloutWorker:
         return self.engine.policy_version
 
     def join_weight_group(self, host: str, port: int, rank: int, world_size: int) -> None:
+        """Join the broadcast group and derive, once, the bucket plan trainer rank 0 sends by."""
+        rollout = self.recipe.rollout
+        self.wire_dtype = getattr(torch, rollout.dtype)
+        shapes = models.parameter_shapes(self.recipe.model.path)
+        self.bucket_plan = plan_buckets(shapes, rollout.bucket_mb, self.wire_dtype.itemsize)
         self.weight_group = WeightGroup(host, port, rank, world_size, self.recipe.placement.device)
 
     def receive_weights(self, version: int) -> int:
         """Install the buckets trainer rank 0 is broadcasting, each loaded as it arrives."""
-        rollout = self.recipe.rollout
-        dtype = getattr(torch, rollout.dtype)
-        plan = plan_buckets(models.parameter_shapes(self.recipe.model.path), rollout.bucket_mb, dtype.itemsize)
-        self.engine.load_weights(version, self.weight_group.receive(plan, dtype))
+        self.engine.load_weights(version, self.weight_group.receive(self.bucket_plan, self.wire_dtype))
         return self.engine.policy_version
 
     def policy_version(self) -> int:

@@ -3,6 +3,7 @@
 import math
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import ray
@@ -342,32 +343,30 @@ class TrainerWorker:
         return result
 
     @torch.no_grad()
-    def state_dict_buckets(self, bucket_mb: int, dtype: str, transport: str = "object_store") -> list[ray.ObjectRef]:
-        """The full (unsharded) weights in ``dtype``, as object-store buckets of about ``bucket_mb`` MB.
+    def full_buckets(self, bucket_mb: int, dtype: str, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+        """The full (unsharded) weights in ``dtype`` on ``device``, in the buckets ``plan_buckets`` cuts.
 
-        Every rank takes part in gathering each parameter; rank 0 puts the buckets and
-        returns their refs, the other ranks return an empty list. With ``cuda_ipc`` a
-        bucket stays on this GPU and the object store carries only its CUDA IPC handles
-        (``lmdeploy.utils.serialize_state_dict``); the tensors live until ``release_buckets``.
+        Every rank takes part in gathering each parameter; only rank 0 yields buckets.
         """
-        limit = bucket_mb * 2**20
-        refs: list[ray.ObjectRef] = []
-        bucket: dict[str, torch.Tensor] = {}
-        size = 0
+        params = dict(self.model.named_parameters())
+        wire = getattr(torch, dtype)
+        for entries in plan_buckets([(n, tuple(p.shape)) for n, p in params.items()], bucket_mb, wire.itemsize):
+            bucket = {}
+            for name, _ in entries:
+                param = params[name]
+                full = param.full_tensor() if isinstance(param, DTensor) else param
+                if self.rank == 0:
+                    bucket[name] = full.detach().to(device, wire, copy=True)
+            if self.rank == 0:
+                yield bucket
+
+    def state_dict_buckets(self, bucket_mb: int, dtype: str, transport: str = "object_store") -> list[ray.ObjectRef]:
+        """The full weights as object-store buckets of about ``bucket_mb`` MB; rank 0 returns their refs, the
+        other ranks an empty list. With ``cuda_ipc`` a bucket stays on this GPU and the object store carries only
+        its CUDA IPC handles (``lmdeploy.utils.serialize_state_dict``); the tensors live until ``release_buckets``.
+        """
         device = self.device if transport == "cuda_ipc" else torch.device("cpu")
-        for name, param in self.model.named_parameters():
-            full = param.full_tensor() if isinstance(param, DTensor) else param
-            if self.rank != 0:
-                continue
-            tensor = full.detach().to(device, getattr(torch, dtype), copy=True)
-            bucket[name] = tensor
-            size += tensor.numel() * tensor.element_size()
-            if size >= limit:
-                refs.append(self._put_bucket(bucket, transport))
-                bucket, size = {}, 0
-        if bucket:
-            refs.append(self._put_bucket(bucket, transport))
-        return refs
+        return [self._put_bucket(bucket, transport) for bucket in self.full_buckets(bucket_mb, dtype, device)]
 
     def _put_bucket(self, bucket: dict[str, torch.Tensor], transport: str) -> ray.ObjectRef:
         if transport == "object_store":
@@ -386,21 +385,10 @@ class TrainerWorker:
         if self.rank == 0:
             self.weight_group = WeightGroup(host, port, 0, world_size, self.recipe.placement.device)
 
-    @torch.no_grad()
     def broadcast_weights(self, bucket_mb: int, dtype: str) -> None:
-        """Every rank gathers each parameter; rank 0 broadcasts the planned buckets, one flat tensor each."""
-        params = dict(self.model.named_parameters())
-        wire = getattr(torch, dtype)
-        plan = plan_buckets([(n, tuple(p.shape)) for n, p in params.items()], bucket_mb, wire.itemsize)
-        for entries in plan:
-            bucket = {}
-            for name, _ in entries:
-                param = params[name]
-                full = param.full_tensor() if isinstance(param, DTensor) else param
-                if self.rank == 0:
-                    bucket[name] = full.detach().to(self.device, wire)
-            if self.rank == 0:
-                self.weight_group.broadcast(flatten(bucket))
+        """Rank 0 broadcasts each bucket as one flat tensor; the engines derive the same plan."""
+        for bucket in self.full_buckets(bucket_mb, dtype, self.device):
+            self.weight_group.broadcast(flatten(bucket))
 
     def fingerprint(self) -> dict[str, float]:
         return models.fingerprint(self.model)

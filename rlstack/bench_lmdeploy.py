@@ -30,6 +30,7 @@ from rlstack.controller import GRPOController
 from rlstack.data.chat import render_prompt
 from rlstack.memory import DeviceMemoryPeak
 from rlstack.types import Sample, SamplingParams
+from rollout.weight_broadcast import plan_buckets
 
 RECIPE = "recipes/grpo_tiny_random.yaml"
 GIB = 2**30
@@ -102,17 +103,11 @@ def sync(preset: str, root: Path, rounds: int) -> dict[str, float]:
 
     path, weights = weights_dir(preset, root)
     engine = LMDeployEngine(path, torch.bfloat16, cache_fraction=0.2)
-    names = list(weights)
     num_bytes = sum(t.numel() * t.element_size() for t in weights.values())
-    limit = 256 * 2**20
+    plan = plan_buckets([(n, tuple(t.shape)) for n, t in weights.items()], bucket_mb=256, element_size=2)
 
     def buckets() -> list[dict[str, torch.Tensor]]:
-        result: list[dict[str, torch.Tensor]] = [{}]
-        for name in names:
-            if sum(t.numel() * t.element_size() for t in result[-1].values()) >= limit:
-                result.append({})
-            result[-1][name] = weights[name]
-        return result
+        return [{name: weights[name] for name, _ in entries} for entries in plan]
 
     def flattened() -> None:
         parts = buckets()

@@ -145,14 +145,19 @@ class RolloutSection(Section):
     """LMDeploy colocated with the trainer on one GPU: free the engine's weights and KV cache (sleep level 2) for
     each update; the next weight sync wakes it."""
 
+    @field_validator("engine")
+    @classmethod
+    def _resolve_auto(cls, engine: str) -> str:
+        if engine == "auto":
+            return "vllm" if importlib.util.find_spec("vllm") else "hf"
+        return engine
+
     @model_validator(mode="after")
     def _check(self) -> "RolloutSection":
         if self.num_samples < 2:
             raise ValueError(f"rollout.num_samples={self.num_samples}: a GRPO group needs at least 2 samples")
         if self.temperature <= 0:
             raise ValueError(f"rollout.temperature={self.temperature}: training rollouts must sample (> 0)")
-        if self.engine == "auto":
-            object.__setattr__(self, "engine", "vllm" if importlib.util.find_spec("vllm") else "hf")
         if self.engine == "lmdeploy" and (self.temperature != 1.0 or self.top_p != 1.0):
             raise ValueError(
                 f"rollout.engine='lmdeploy' reports logprobs before temperature and top-p: set rollout.temperature=1 "

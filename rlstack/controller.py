@@ -7,7 +7,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 
-import ray
 import torch
 import yaml
 from transformers import PreTrainedTokenizerBase
@@ -15,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from actors.reward import RewardPool, ScoreRequest, Scores
 from actors.rollout import RolloutGroup
 from actors.trainer import TrainerGroup
+from actors.weight_sync import WeightSync
 from rlstack import models
 from rlstack.algorithms import group_advantages
 from rlstack.algorithms.advantages import zero_variance_groups
@@ -56,10 +56,10 @@ class Controller:
         self.sampler: EpochSampler[Any] = EpochSampler(self.data.train, recipe.data.seed, recipe.data.shuffle)
         self.trainer = TrainerGroup(recipe)
         self.rollout = RolloutGroup(recipe) if self.held_out_prompts else None
+        self.weight_sync = WeightSync(self.trainer, self.rollout, recipe.rollout) if self.rollout else None
         self.rewards = RewardPool(recipe.reward, recipe.placement) if self.held_out_prompts else None
         self.policy_version = 0
         self.engine_version: int | None = None
-        self.weight_group_joined = False
         self.start_step = 0
         if recipe.checkpoint.resume_from:
             self.resume(recipe.checkpoint.resume_from)
@@ -136,22 +136,8 @@ class Controller:
 
     def sync_weights(self) -> None:
         """Stream the trainer's full weights to every engine as ``self.policy_version``."""
-        assert self.rollout is not None
-        rollout = self.recipe.rollout
-        if rollout.weight_transport == "broadcast":
-            if not self.weight_group_joined:
-                host, port = self.trainer.weight_group_address()
-                joins = self.trainer.join_weight_group(host, port, len(self.rollout.workers) + 1)
-                ray.get(joins + self.rollout.join_weight_group(host, port), timeout=rollout.start_timeout_s)
-                self.weight_group_joined = True
-            sending = self.trainer.broadcast_weights(rollout.bucket_mb, rollout.dtype)
-            versions = self.rollout.receive_weights(self.policy_version)
-            ray.get(sending)
-        else:
-            refs = self.trainer.state_dict_buckets(rollout.bucket_mb, rollout.dtype, rollout.weight_transport)
-            versions = self.rollout.update_weights(self.policy_version, refs)
-        if rollout.weight_transport == "cuda_ipc":
-            self.trainer.release_buckets()
+        assert self.weight_sync is not None
+        versions = self.weight_sync.push(self.policy_version)
         assert all(v == self.policy_version for v in versions), versions
         self.engine_version = self.policy_version
 

@@ -1,0 +1,45 @@
+"""Weight sync from the trainer group to the rollout group, over the recipe's ``rollout.weight_transport``."""
+
+import ray
+
+from actors.rollout import RolloutGroup
+from actors.trainer import TrainerGroup
+from rlstack.config import RolloutSection
+
+
+class WeightSync:
+    """Pushes the trainer's full weights to every engine; returns the versions the engines then serve.
+
+    - ``object_store``: trainer rank 0 puts buckets in the object store, each engine fetches them.
+    - ``cuda_ipc``: the same, carrying CUDA IPC handles; the trainer frees its GPU buckets afterwards.
+    - ``broadcast``: trainer rank 0 and the engines form a process group on first use, then
+      rank 0 sends while the engines receive.
+    """
+
+    def __init__(self, trainer: TrainerGroup, rollout: RolloutGroup, config: RolloutSection):
+        self.trainer = trainer
+        self.rollout = rollout
+        self.config = config
+        self.group_joined = False
+
+    def push(self, version: int) -> list[int]:
+        config = self.config
+        if config.weight_transport == "broadcast":
+            self._join_group()
+            sending = self.trainer.broadcast_weights(config.bucket_mb, config.dtype)
+            versions = self.rollout.receive_weights(version)
+            ray.get(sending)
+            return versions
+        refs = self.trainer.state_dict_buckets(config.bucket_mb, config.dtype, config.weight_transport)
+        versions = self.rollout.update_weights(version, refs)
+        if config.weight_transport == "cuda_ipc":
+            self.trainer.release_buckets()
+        return versions
+
+    def _join_group(self) -> None:
+        if self.group_joined:
+            return
+        host, port = self.trainer.weight_group_address()
+        joins = self.trainer.join_weight_group(host, port, len(self.rollout.workers) + 1)
+        ray.get(joins + self.rollout.join_weight_group(host, port), timeout=self.config.start_timeout_s)
+        self.group_joined = True
