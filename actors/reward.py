@@ -19,6 +19,7 @@ from typing import Any
 
 import ray
 
+from actors.placement import node_id, require_resources
 from reward.api import is_async, is_batched, optional_keywords, to_score
 from reward.loader import instantiate, resolve
 from rlstack.config import PlacementSection, RewardFunction, RewardSection
@@ -122,6 +123,9 @@ class RewardWorker:
         self.timeout_s = timeout_s
         self.error_score = error_score
         self.pool = DaemonThreadPool(MAX_THREADS)
+
+    def node_id(self) -> str:
+        return node_id()
 
     def score(self, requests: list[ScoreRequest]) -> dict[str, RewardResult]:
         return {name: self._score_one(name, fn, requests) for name, fn in self.rewards}
@@ -248,8 +252,15 @@ class RewardPool:
         actor = ray.remote(RewardWorker)
         shared = [f for f in section.functions if not f.dedicated]
         self.groups: list[tuple[list[str], list[Any]]] = []
+        count = (placement.num_reward_workers if shared else 0) + sum(f.dedicated for f in section.functions)
+        require_resources("reward_resources", placement.reward_resources, count)
         if shared:
-            options = actor.options(num_cpus=placement.reward_cpus, max_restarts=-1, max_task_retries=0)
+            options = actor.options(
+                num_cpus=placement.reward_cpus,
+                resources=placement.reward_resources,
+                max_restarts=-1,
+                max_task_retries=0,
+            )
             workers = [
                 options.remote(shared, section.timeout_s, section.error_score)
                 for _ in range(placement.num_reward_workers)
@@ -257,7 +268,13 @@ class RewardPool:
             self.groups.append(([f.metric_name for f in shared], workers))
         for f in section.functions:
             if f.dedicated:
-                options = actor.options(num_cpus=f.num_cpus, num_gpus=f.num_gpus, max_restarts=-1, max_task_retries=0)
+                options = actor.options(
+                    num_cpus=f.num_cpus,
+                    num_gpus=f.num_gpus,
+                    resources=placement.reward_resources,
+                    max_restarts=-1,
+                    max_task_retries=0,
+                )
                 self.groups.append(([f.metric_name], [options.remote([f], section.timeout_s, section.error_score)]))
 
     def score(self, requests: list[ScoreRequest]) -> Scores:
@@ -307,6 +324,10 @@ class RewardPool:
                     self.logged.add((name, kind))
                     logger.warning("reward %r: first failure of kind %r:\n%s", name, kind, message)
         return Scores(total, {n: results[n].scores for n in self.order}, metrics, num_errors)
+
+    def nodes(self) -> list[str]:
+        """The node of each reward actor."""
+        return ray.get([w.node_id.remote() for _, workers in self.groups for w in workers])
 
     def shutdown(self) -> None:
         for _, workers in self.groups:

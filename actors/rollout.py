@@ -9,6 +9,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors.placement import node_id, require_resources
 from rlstack import models
 from rlstack.config import Recipe
 from rlstack.types import Completion, SamplingParams
@@ -51,6 +52,9 @@ class RolloutWorker:
     def policy_version(self) -> int:
         return self.engine.policy_version
 
+    def node_id(self) -> str:
+        return node_id()
+
     def sleep(self) -> None:
         self.engine.sleep()  # type: ignore[attr-defined]
 
@@ -71,10 +75,16 @@ class RolloutGroup:
         placement = recipe.placement
         self.timeout_s = recipe.rollout.timeout_s
         self.placement_groups: list[PlacementGroup] = []
+        bundles_per_worker = recipe.rollout.tensor_parallel_size if recipe.rollout.engine == "lmdeploy" else 1
+        require_resources(
+            "rollout_resources", placement.rollout_resources, placement.num_rollout_workers * bundles_per_worker
+        )
         if recipe.rollout.engine == "lmdeploy":
             self.workers: list[Any] = [self._lmdeploy_worker(recipe) for _ in range(placement.num_rollout_workers)]
         else:
-            actor = ray.remote(RolloutWorker).options(num_cpus=placement.rollout_cpus, num_gpus=placement.rollout_gpus)
+            actor = ray.remote(RolloutWorker).options(
+                num_cpus=placement.rollout_cpus, num_gpus=placement.rollout_gpus, resources=placement.rollout_resources
+            )
             self.workers = [actor.remote(recipe) for _ in range(placement.num_rollout_workers)]
         try:
             ray.get([w.ready.remote() for w in self.workers], timeout=recipe.rollout.start_timeout_s)
@@ -91,7 +101,8 @@ class RolloutGroup:
         """An actor in a placement group of ``tensor_parallel_size`` GPU bundles, where LMDeploy's Ray executor
         places its workers; the actor itself only drives the pipeline."""
         placement = recipe.placement
-        bundles = [{"GPU": placement.rollout_gpus, "CPU": placement.rollout_cpus}] * recipe.rollout.tensor_parallel_size
+        bundle = {"GPU": placement.rollout_gpus, "CPU": placement.rollout_cpus, **placement.rollout_resources}
+        bundles = [bundle] * recipe.rollout.tensor_parallel_size
         group = placement_group(bundles, strategy="PACK")
         self.placement_groups.append(group)
         strategy = PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)
@@ -133,6 +144,10 @@ class RolloutGroup:
 
     def policy_versions(self) -> list[int]:
         return self._get([w.policy_version.remote() for w in self.workers], "policy_version")
+
+    def nodes(self) -> list[str]:
+        """The node of each engine actor."""
+        return self._get([w.node_id.remote() for w in self.workers], "node_id")
 
     def fingerprints(self) -> list[dict[str, float]]:
         return self._get([w.fingerprint.remote() for w in self.workers], "fingerprint")

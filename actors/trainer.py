@@ -1,6 +1,5 @@
-"""The trainer group: FSDP2 ranks as Ray actors, one per rank, in a placement group."""
+"""The trainer group: one Ray actor per rank, in a placement group, training through FSDP2 or DeepSpeed ZeRO."""
 
-import math
 import os
 import socket
 from collections.abc import Iterator
@@ -12,17 +11,9 @@ import torch.distributed as dist
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from safetensors.torch import load_file
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
-from transformers import PreTrainedModel
 
+from actors.fsdp2_backend import FSDP2Backend
+from actors.placement import node_id, require_resources
 from rlstack import models
 from rlstack.algorithms import aggregate, clipped_surrogate, kl_penalty, token_entropy, token_logprobs
 from rlstack.algorithms.dpo import comparable_logprobs, dpo_loss
@@ -39,22 +30,11 @@ from rlstack.data.batching import (
 )
 from rlstack.data.packing import PackedRow, SFTExample, attention_mask_from_positions, collate_packed, pack
 from rlstack.types import PreferenceBatch, PreferencePair, Sample, SFTBatch, TrainBatch
+from rollout.lmdeploy_engine import serialize_flattened
 from rollout.weight_broadcast import WeightGroup, flatten, plan_buckets
 
 PLACEMENT_TIMEOUT_S = 300
 T = TypeVar("T")
-
-
-def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
-    """LR factor at optimizer ``step``: linear warm-up, then constant, cosine or linear decay to 0."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    if schedule == "linear":
-        return max(0.0, 1.0 - progress)
-    return 1.0
 
 
 class TrainerWorker:
@@ -65,7 +45,7 @@ class TrainerWorker:
         self.rank = rank
         self.world_size = world_size
         self.device = torch.device(recipe.placement.device)
-        self.sent_buckets: list[dict[str, torch.Tensor]] = []  # GPU tensors behind the last cuda_ipc sync
+        self.sent_buckets: list[torch.Tensor] = []  # flat GPU buckets behind the last cuda_ipc sync
         torch.set_num_threads(recipe.placement.num_threads or os.cpu_count() or 1)
 
     def rendezvous_address(self) -> tuple[str, int]:
@@ -75,46 +55,25 @@ class TrainerWorker:
         return ray.util.get_node_ip_address(), port
 
     def setup(self, master_addr: str, master_port: int) -> None:
+        """Join the group's rendezvous and build the policy, the reference (if one is needed) and the optimizer."""
         recipe = self.recipe
         if self.device.type == "cuda":
             torch.cuda.set_device(0)  # Ray exposes exactly this actor's GPU
-        dist.init_process_group(
-            backend="nccl" if self.device.type == "cuda" else "gloo",
-            init_method=f"tcp://{master_addr}:{master_port}",
-            rank=self.rank,
-            world_size=self.world_size,
-        )
         self.tokenizer = models.load_tokenizer(recipe.model.path)
-        self.model = self._sharded_model()
         algo = recipe.algorithm
         needs_reference = algo.kl_coef > 0 if algo.name == "grpo" else algo.name == "dpo" and algo.reference == "online"
-        self.reference = self._sharded_model() if needs_reference else None
-        if self.reference is not None:
-            self.reference.requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=recipe.trainer.lr,
-            betas=recipe.trainer.betas,
-            weight_decay=recipe.trainer.weight_decay,
-        )
-        total = recipe.trainer.num_steps * recipe.algorithm.num_minibatches
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda step: lr_multiplier(step, recipe.trainer.warmup_steps, total, recipe.trainer.lr_schedule),
-        )
-        self.num_optimizer_steps = 0
+        init_method = f"tcp://{master_addr}:{master_port}"
+        if recipe.trainer.backend == "deepspeed":
+            from actors.deepspeed_backend import DeepSpeedBackend
 
-    def _sharded_model(self) -> PreTrainedModel:
-        """The policy in float32 master weights, sharded per decoder layer, then at the root."""
-        model = models.load_model(self.recipe.model.path, dtype=torch.float32, seed=self.recipe.model.seed)
-        model.to(self.device)  # type: ignore[arg-type]  # transformers' decorator confuses mypy
-        policy = MixedPrecisionPolicy(
-            param_dtype=getattr(torch, self.recipe.trainer.compute_dtype), reduce_dtype=torch.float32
-        )
-        for layer in model.model.layers:
-            fully_shard(layer, mp_policy=policy)
-        fully_shard(model, mp_policy=policy)
-        return model
+            self.backend: FSDP2Backend | DeepSpeedBackend = DeepSpeedBackend(
+                recipe, self.rank, self.world_size, init_method, needs_reference
+            )
+        else:
+            self.backend = FSDP2Backend(recipe, self.rank, self.world_size, init_method, needs_reference)
+        self.model = self.backend.model
+        self.reference = self.backend.reference
+        self.num_optimizer_steps = 0
 
     def _response_logits(self, model: torch.nn.Module, batch: Collated, temperature: float) -> torch.Tensor:
         """``[B, R, V]`` logits predicting each response token, divided by ``temperature``."""
@@ -140,21 +99,14 @@ class TrainerWorker:
 
     def _optimizer_step(self) -> dict[str, float]:
         """Clip the gradients, step AdamW and the LR schedule; returns ``grad_norm`` and the ``lr`` used."""
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.trainer.max_grad_norm)
-        if isinstance(grad_norm, DTensor):
-            grad_norm = grad_norm.full_tensor()
-        lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.num_optimizer_steps += 1
-        return {"grad_norm": float(grad_norm), "lr": float(lr)}
+        return self.backend.step()
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         """One optimizer step of the PPO-clip surrogate over this rank's samples.
 
         Each micro-batch's loss is its share of the whole batch's loss (normalisers come
-        from the batch), times ``world_size`` because FSDP2 averages gradients over ranks.
+        from the batch); the backend undoes its averaging of gradients over ranks.
         """
         algo = self.recipe.algorithm
         self.model.train()
@@ -177,7 +129,7 @@ class TrainerWorker:
                 kl = kl_penalty(logprobs, ref, algo.kl_estimator)
                 token_loss = token_loss + algo.kl_coef * kl
             loss = aggregate(token_loss, mask, algo.loss_agg, batch.num_tokens, batch.num_seqs, batch.max_tokens)
-            (loss * self.world_size).backward()
+            self.backend.backward(loss)
             sums += torch.stack(
                 [
                     loss.detach().double(),
@@ -230,7 +182,7 @@ class TrainerWorker:
         for row in self._packed_rows(list(batch.examples)):
             mask = row.target_mask.to(self.device)
             loss, _ = sft_loss(self._packed_logprobs(row), mask, batch.num_tokens)
-            (loss * self.world_size).backward()
+            self.backend.backward(loss)
             sums += torch.stack([loss.detach().double(), mask.sum().double()])
         step = self._optimizer_step()
         dist.all_reduce(sums)
@@ -303,7 +255,7 @@ class TrainerWorker:
                 algo.dpo_loss,
             )
             weight = 0.0 if group is None else 1.0  # a padding micro-batch only keeps the collectives in step
-            (loss * self.world_size * weight).backward()
+            self.backend.backward(loss * weight)
             sums += weight * torch.stack([loss.detach().double(), *(m.double() for m in metrics.values())])
         step = self._optimizer_step()
         dist.all_reduce(sums)
@@ -346,24 +298,20 @@ class TrainerWorker:
     def full_buckets(self, bucket_mb: int, dtype: str, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
         """The full (unsharded) weights in ``dtype`` on ``device``, in the buckets ``plan_buckets`` cuts.
 
-        Every rank takes part in gathering each parameter; only rank 0 yields buckets.
+        Every rank takes part in gathering each bucket; only rank 0 yields buckets.
         """
-        params = dict(self.model.named_parameters())
         wire = getattr(torch, dtype)
-        for entries in plan_buckets([(n, tuple(p.shape)) for n, p in params.items()], bucket_mb, wire.itemsize):
-            bucket = {}
-            for name, _ in entries:
-                param = params[name]
-                full = param.full_tensor() if isinstance(param, DTensor) else param
-                if self.rank == 0:
-                    bucket[name] = full.detach().to(device, wire, copy=True)
+        shapes = models.parameter_shapes(self.recipe.model.path)
+        for entries in plan_buckets(shapes, bucket_mb, wire.itemsize):
+            with self.backend.gathered([name for name, _ in entries]) as params:
+                bucket = {name: full.detach().to(device, wire, copy=True) for name, full in params}
             if self.rank == 0:
                 yield bucket
 
     def state_dict_buckets(self, bucket_mb: int, dtype: str, transport: str = "object_store") -> list[ray.ObjectRef]:
         """The full weights as object-store buckets of about ``bucket_mb`` MB; rank 0 returns their refs, the
-        other ranks an empty list. With ``cuda_ipc`` a bucket stays on this GPU and the object store carries only
-        its CUDA IPC handles (``lmdeploy.utils.serialize_state_dict``); the tensors live until ``release_buckets``.
+        other ranks an empty list. With ``cuda_ipc`` a bucket stays on this GPU as one flat tensor and the object
+        store carries only its CUDA IPC handles (``serialize_flattened``); it lives until ``release_buckets``.
         """
         device = self.device if transport == "cuda_ipc" else torch.device("cpu")
         return [self._put_bucket(bucket, transport) for bucket in self.full_buckets(bucket_mb, dtype, device)]
@@ -371,10 +319,9 @@ class TrainerWorker:
     def _put_bucket(self, bucket: dict[str, torch.Tensor], transport: str) -> ray.ObjectRef:
         if transport == "object_store":
             return ray.put(bucket)
-        from lmdeploy.utils import serialize_state_dict
-
-        self.sent_buckets.append(bucket)
-        return ray.put(serialize_state_dict(bucket))
+        serialized, flat = serialize_flattened(bucket)
+        self.sent_buckets.append(flat)
+        return ray.put(serialized)
 
     def release_buckets(self) -> None:
         """Free the GPU buckets of the last ``cuda_ipc`` sync, once every engine has loaded them."""
@@ -390,8 +337,15 @@ class TrainerWorker:
         for bucket in self.full_buckets(bucket_mb, dtype, self.device):
             self.weight_group.broadcast(flatten(bucket))
 
+    @torch.no_grad()
     def fingerprint(self) -> dict[str, float]:
-        return models.fingerprint(self.model)
+        """``{name: sum of the full parameter}`` in float64."""
+        names = [name for name, _ in self.backend.module.named_parameters()]
+        with self.backend.gathered(names) as params:
+            return {name: full.double().sum().item() for name, full in params}
+
+    def node_id(self) -> str:
+        return node_id()
 
     def load(self, uri: str) -> None:
         """Continue from a checkpoint written by ``save``: weights, optimizer, scheduler and RNG."""
@@ -399,30 +353,34 @@ class TrainerWorker:
             files = sorted(path.glob("*.safetensors"))
             weights: dict[str, Any] = {name: tensor for file in files for name, tensor in load_file(file).items()}
             state = torch.load(path / "trainer_state.pt", weights_only=False)
-        options = StateDictOptions(full_state_dict=True, strict=False)  # tied lm_head is saved once
-        set_model_state_dict(self.model, weights, options=options)
-        if "optimizer" in state:
-            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=options)
-        self.scheduler.load_state_dict(state["scheduler"])
+        backend = self.recipe.trainer.backend
+        optimizer = state.get("optimizer")
+        if optimizer is not None and state.get("backend", "fsdp2") != backend:
+            raise ValueError(
+                f"checkpoint {uri} holds optimizer state of trainer.backend={state.get('backend', 'fsdp2')!r}, "
+                f"not {backend!r}: resume with that backend, or start a new run from its `rlstack export` "
+                "(model.path=EXPORT_DIR)"
+            )
+        self.backend.load(weights, optimizer, uri)
+        self.backend.scheduler.load_state_dict(state["scheduler"])
         self.num_optimizer_steps = state["num_optimizer_steps"]
         torch.set_rng_state(state["rng"])
 
     def save(self, uri: str, optimizer: bool, files: dict[str, str]) -> None:
         """HF safetensors and tokenizer at ``uri``, plus optimizer and trainer state and ``files`` (name: text)."""
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        weights = get_model_state_dict(self.model, options=options)
-        optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=options) if optimizer else None
+        weights, optim_state = self.backend.state_dicts(optimizer, uri)
         if self.rank != 0:
             return
         trainer_state: dict[str, Any] = {
+            "backend": self.recipe.trainer.backend,
             "num_optimizer_steps": self.num_optimizer_steps,
-            "scheduler": self.scheduler.state_dict(),
+            "scheduler": self.backend.scheduler.state_dict(),
             "rng": torch.get_rng_state(),
         }
         if optim_state is not None:
             trainer_state["optimizer"] = optim_state
         with writable(uri) as target:
-            self.model.save_pretrained(target, state_dict=weights)
+            self.backend.module.save_pretrained(target, state_dict=weights)
             self.tokenizer.save_pretrained(target)
             torch.save(trainer_state, target / "trainer_state.pt")
             for name, text in files.items():
@@ -434,7 +392,8 @@ class TrainerGroup:
 
     def __init__(self, recipe: Recipe):
         placement = recipe.placement
-        bundle = {"CPU": placement.trainer_cpus, "GPU": placement.trainer_gpus}
+        require_resources("trainer_resources", placement.trainer_resources, placement.num_trainer_ranks)
+        bundle = {"CPU": placement.trainer_cpus, "GPU": placement.trainer_gpus, **placement.trainer_resources}
         self.placement_group = placement_group(
             [{k: v for k, v in bundle.items() if v}] * placement.num_trainer_ranks, strategy=placement.strategy
         )
@@ -495,6 +454,10 @@ class TrainerGroup:
 
     def fingerprint(self) -> dict[str, float]:
         return ray.get([w.fingerprint.remote() for w in self.workers])[0]
+
+    def nodes(self) -> list[str]:
+        """The node of each rank."""
+        return ray.get([w.node_id.remote() for w in self.workers])
 
     def save(self, uri: str, optimizer: bool, files: dict[str, str]) -> None:
         ray.get([w.save.remote(uri, optimizer, files) for w in self.workers])

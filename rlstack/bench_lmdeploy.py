@@ -6,7 +6,8 @@ side in one run on the card named in the result:
 - generation tok/s of the raw ``lmdeploy.pipeline`` (``infer``) against the same
   requests through the RolloutGroup (Ray actor, Ray executor, ``Completion``s);
 - weight-sync seconds and GiB/s into the engine for a 0.1 B and a 1 B model: one
-  ``update_params`` call, ``rollout.bucket_mb`` buckets, and flattened buckets;
+  ``update_params`` call and 256 MB buckets, both flattened as the engine sends them, and
+  256 MB buckets of per-tensor IPC handles;
 - a colocated GRPO cycle (engine asleep while the trainer updates, CUDA IPC sync):
   seconds per phase, and the GPU memory in use at its peak during training (engine
   asleep), during generation (engine awake) and over the whole cycle.
@@ -97,7 +98,7 @@ def generation(root: Path, rounds: int) -> dict[str, object]:
 def sync(preset: str, root: Path, rounds: int) -> dict[str, float]:
     """Seconds to push every weight (already on the GPU) into a running engine, three ways."""
     from lmdeploy.serve.openai.protocol import UpdateParamsRequest
-    from lmdeploy.utils import FlattenedTensorBucket, serialize_state_dict
+    from lmdeploy.utils import serialize_state_dict
 
     from rollout.lmdeploy_engine import LMDeployEngine
 
@@ -109,15 +110,12 @@ def sync(preset: str, root: Path, rounds: int) -> dict[str, float]:
     def buckets() -> list[dict[str, torch.Tensor]]:
         return [{name: weights[name] for name, _ in entries} for entries in plan]
 
-    def flattened() -> None:
+    def per_tensor() -> None:
+        """The unflattened format: one CUDA IPC handle per tensor."""
         parts = buckets()
         for i, part in enumerate(parts):
-            bucket = FlattenedTensorBucket(named_tensors=list(part.items()))
-            payload = {"metadata": bucket.get_metadata(), "flattened_tensor": bucket.get_flattened_tensor()}
             request = UpdateParamsRequest(
-                serialized_named_tensors=serialize_state_dict(payload),
-                load_format="flattened_bucket",
-                finished=i == len(parts) - 1,
+                serialized_named_tensors=serialize_state_dict(part), finished=i == len(parts) - 1
             )
             engine.engine.engine.update_params(request)
         torch.cuda.synchronize()
@@ -126,7 +124,7 @@ def sync(preset: str, root: Path, rounds: int) -> dict[str, float]:
     ways = {
         "one_call": lambda: engine.load_weights(next(version), [weights]),
         "buckets_256mb": lambda: engine.load_weights(next(version), buckets()),
-        "flattened_256mb": flattened,
+        "per_tensor_256mb": per_tensor,
     }
     figures: dict[str, float] = {f"sync_{preset}_gib": round(num_bytes / GIB, 3)}
     for name, push in ways.items():

@@ -277,7 +277,45 @@ class AlgorithmSection(Section):
         return self
 
 
+DEEPSPEED_OWNED_KEYS = {
+    "train_batch_size",
+    "train_micro_batch_size_per_gpu",
+    "gradient_accumulation_steps",
+    "managed_gradient_accumulation",
+}
+
+
+class DeepSpeedSection(Section):
+    zero_stage: Literal[1, 2, 3] = 2
+    """ZeRO stage: 1 partitions the optimizer state, 2 also the gradients, 3 also the parameters."""
+    offload_optimizer: bool = False
+    """Keep the optimizer state, and run its update, on the CPU (ZeRO-Offload)."""
+    offload_params: bool = False
+    """ZeRO-3 only: keep the parameters on the CPU between uses."""
+    config: dict[str, Any] = {}
+    """More DeepSpeed config keys, merged last over the config generated from the recipe; batch sizes and
+    gradient accumulation stay rlstack's."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "DeepSpeedSection":
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError(
+                f"trainer.deepspeed.offload_params needs trainer.deepspeed.zero_stage=3, not {self.zero_stage}"
+            )
+        owned = sorted(DEEPSPEED_OWNED_KEYS & set(self.config))
+        if owned:
+            raise ValueError(
+                f"trainer.deepspeed.config sets {', '.join(owned)}: rlstack sets these itself "
+                "(micro-batches come from trainer.micro_batch_tokens)"
+            )
+        return self
+
+
 class TrainerSection(Section):
+    backend: Literal["fsdp2", "deepspeed"] = "fsdp2"
+    """How the ranks shard and update the model: FSDP2, or DeepSpeed ZeRO (``trainer.deepspeed``)."""
+    deepspeed: DeepSpeedSection = DeepSpeedSection()
+    """ZeRO settings, used when ``backend`` is ``deepspeed``."""
     lr: float = 1e-5
     """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
@@ -293,18 +331,24 @@ class TrainerSection(Section):
     micro_batch_tokens: int = 2048
     """Token budget of one forward/backward (padded tokens count)."""
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
-    """FSDP2 compute dtype; master weights and gradient reduction stay float32."""
+    """Forward and backward dtype; master weights stay float32 (FSDP2 also reduces gradients in float32)."""
     num_steps: int = 10
     """Training steps (rollout + update) to run."""
     seed: int = 0
     """Seed for sampling and training."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainerSection":
+        if self.backend == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+            raise ValueError("trainer.backend='deepspeed' needs DeepSpeed: pip install -e '.[deepspeed]'")
+        return self
 
 
 class PlacementSection(Section):
     device: Literal["cpu", "cuda"] = "cpu"
     """Where the trainer and engines run."""
     num_trainer_ranks: int = 1
-    """FSDP2 ranks in the trainer group."""
+    """Data-parallel ranks in the trainer group, one actor each."""
     trainer_cpus: float = 1.0
     """Ray CPUs reserved per trainer rank."""
     trainer_gpus: float = 0.0
@@ -322,7 +366,14 @@ class PlacementSection(Section):
     num_threads: int = 0
     """Torch threads per trainer or engine actor; 0 means all cores of the node."""
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    """Placement-group strategy for the trainer ranks."""
+    """Placement-group strategy for the trainer ranks: ``STRICT_SPREAD`` puts each rank on its own node."""
+    trainer_resources: dict[str, float] = {}
+    """Custom Ray resources each trainer rank needs, e.g. ``{trainer_node: 1}`` to keep the ranks on nodes
+    started with ``ray start --resources '{"trainer_node": 8}'``."""
+    rollout_resources: dict[str, float] = {}
+    """Custom Ray resources each rollout actor (each tensor-parallel bundle, with LMDeploy) needs."""
+    reward_resources: dict[str, float] = {}
+    """Custom Ray resources each reward actor needs."""
 
 
 class TrackingSection(Section):

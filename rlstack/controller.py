@@ -55,26 +55,42 @@ class Controller:
         self.held_out_prompts = self.data.held_out_prompts
         self.sampler: EpochSampler[Any] = EpochSampler(self.data.train, recipe.data.seed, recipe.data.shuffle)
         self.trainer = TrainerGroup(recipe)
-        self.rollout = RolloutGroup(recipe) if self.held_out_prompts else None
-        self.weight_sync = WeightSync(self.trainer, self.rollout, recipe.rollout) if self.rollout else None
-        self.rewards = RewardPool(recipe.reward, recipe.placement) if self.held_out_prompts else None
+        self.rollout: RolloutGroup | None = None
+        self.rewards: RewardPool | None = None
         self.policy_version = 0
         self.engine_version: int | None = None
         self.start_step = 0
-        if recipe.checkpoint.resume_from:
-            self.resume(recipe.checkpoint.resume_from)
+        try:  # a group that fails to start takes the ones already started down with it
+            if self.held_out_prompts:
+                self.rollout = RolloutGroup(recipe)
+                self.rewards = RewardPool(recipe.reward, recipe.placement)
+            self.weight_sync = WeightSync(self.trainer, self.rollout, recipe.rollout) if self.rollout else None
+            (run_dir / "placement.json").write_text(json.dumps(self.placement(), indent=1))
+            if recipe.checkpoint.resume_from:
+                self.resume(recipe.checkpoint.resume_from)
+        except BaseException:
+            self.shutdown()
+            raise
         self.tracker = Tracker(recipe, run_dir, recipe.trainer.num_steps)
 
     @staticmethod
     def load_data(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> RunData:
         return load_prompt_data(data, tokenizer)
 
+    def placement(self) -> dict[str, list[str]]:
+        """The Ray node ID of each actor, by group: trainer ranks, engines, reward actors."""
+        groups = {"trainer": self.trainer, "rollout": self.rollout, "reward": self.rewards}
+        return {name: group.nodes() for name, group in groups.items() if group is not None}
+
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        """Free the cluster's resources: kill the actors and remove the placement group."""
         self.tracker.close()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Free the cluster's resources: kill the actors and remove the placement groups."""
         for group in (self.rewards, self.rollout, self.trainer):
             if group is not None:
                 group.shutdown()

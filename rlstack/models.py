@@ -178,9 +178,5 @@ def parameter_shapes(path: str) -> list[tuple[str, tuple[int, ...]]]:
 
 @torch.no_grad()
 def fingerprint(model: torch.nn.Module) -> dict[str, float]:
-    """``{name: sum of the parameter}`` in float64; DTensor shards are gathered first."""
-    sums = {}
-    for name, param in model.named_parameters():
-        full = param.full_tensor() if hasattr(param, "full_tensor") else param
-        sums[name] = full.double().sum().item()
-    return sums
+    """``{name: sum of the parameter}`` in float64."""
+    return {name: param.double().sum().item() for name, param in model.named_parameters()}

@@ -2,11 +2,13 @@
 
 The pipeline starts empty (``empty_init``) with the Ray executor, which is the one that
 implements ``update_params``; the executor's workers take their GPUs from the rollout
-actor's placement group. Weights arrive through ``update_params`` as CUDA IPC handles
-serialized by ``lmdeploy.utils.serialize_state_dict``, one call per bucket, the last one
-with ``finished=True``. A bucket is either such a serialized string, made by the trainer
-on the same node (``rollout.weight_transport=cuda_ipc``), or plain tensors from the
-object store, which this actor moves to its GPU and serializes itself.
+actor's placement group. Weights arrive through ``update_params`` one bucket per call, the
+last one with ``finished=True``. Each bucket is one flat GPU tensor plus its layout
+(``load_format="flattened_bucket"``), sent as CUDA IPC handles: on the H100 this loads a
+1 B model at 29.6 GiB/s against 17.0 GiB/s for per-tensor handles
+(docs/results/lmdeploy_sync_h100.json). A bucket is either already serialized, by the
+trainer on the same node (``rollout.weight_transport=cuda_ipc``), or plain tensors from
+the object store, which this actor moves to its GPU and serializes itself.
 
 LMDeploy reports raw logprobs (before temperature and top-p), so recipes that train on
 its logprobs sample at temperature 1 without top-p; the recipe schema enforces it.
@@ -26,7 +28,18 @@ from rlstack import models
 from rlstack.types import Completion, SamplingParams
 
 Bucket = dict[str, torch.Tensor] | str
-"""Tensors to send, or a bucket already serialized as CUDA IPC handles."""
+"""Tensors to send, or a bucket already serialized by ``serialize_flattened``."""
+
+
+def serialize_flattened(tensors: dict[str, torch.Tensor]) -> tuple[str, torch.Tensor]:
+    """GPU ``tensors`` copied into one flat tensor, serialized with their layout as CUDA IPC handles for
+    ``update_params(load_format="flattened_bucket")``. Returns the string and the flat tensor, which must
+    stay alive until the engine has loaded it."""
+    from lmdeploy.utils import FlattenedTensorBucket, serialize_state_dict
+
+    bucket = FlattenedTensorBucket(named_tensors=list(tensors.items()))
+    flat = bucket.get_flattened_tensor()
+    return serialize_state_dict({"metadata": bucket.get_metadata(), "flattened_tensor": flat}), flat
 
 
 def generation_config(params: SamplingParams) -> Any:
@@ -137,18 +150,15 @@ class LMDeployEngine:
 
     def load_weights(self, version: int, buckets: Iterable[Bucket]) -> None:
         """Wake freed weights, send every bucket through ``update_params``, then wake the KV cache if asleep."""
-        from lmdeploy.utils import serialize_state_dict
-
         self.policy_version = -1
         if self.weights_freed:
             self.engine.wakeup(["weights"])
             self.weights_freed = False
-        pending: tuple[str, object] | None = None  # a serialized bucket and the GPU tensors its handles point to
+        pending: tuple[str, object] | None = None  # a serialized bucket and the GPU tensor its handles point to
         for bucket in buckets:
             if pending is not None:
                 self._update(pending[0], finished=False)
-            tensors = bucket if isinstance(bucket, str) else on_gpu(bucket)
-            pending = (tensors if isinstance(tensors, str) else serialize_state_dict(tensors), tensors)
+            pending = (bucket, None) if isinstance(bucket, str) else serialize_flattened(on_gpu(bucket))
         if pending is None:
             raise RuntimeError(f"weight sync to version {version} carried no buckets")
         self._update(pending[0], finished=True)
@@ -161,7 +171,10 @@ class LMDeployEngine:
     def _update(self, serialized: str, finished: bool) -> None:
         from lmdeploy.serve.openai.protocol import UpdateParamsRequest
 
-        self.engine.engine.update_params(UpdateParamsRequest(serialized_named_tensors=serialized, finished=finished))
+        request = UpdateParamsRequest(
+            serialized_named_tensors=serialized, load_format="flattened_bucket", finished=finished
+        )
+        self.engine.engine.update_params(request)
 
 
 def on_gpu(bucket: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

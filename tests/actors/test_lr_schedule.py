@@ -1,6 +1,6 @@
 import pytest
 
-from actors.trainer import lr_multiplier
+from actors.optim import lr_multiplier
 
 
 def test_warmup_is_linear_then_constant():

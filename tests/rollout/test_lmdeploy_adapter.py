@@ -78,6 +78,17 @@ class FakePipeline:
         self.internal_thread = types.SimpleNamespace(loop=loop)
 
 
+class FakeFlattenedBucket:
+    def __init__(self, named_tensors):
+        self.named_tensors = named_tensors
+
+    def get_metadata(self):
+        return [(name, tuple(t.shape)) for name, t in self.named_tensors]
+
+    def get_flattened_tensor(self):
+        return torch.cat([t.flatten() for _, t in self.named_tensors])
+
+
 @pytest.fixture
 def fake_lmdeploy(monkeypatch):
     """A stand-in ``lmdeploy`` package with the names the adapter imports."""
@@ -92,7 +103,8 @@ def fake_lmdeploy(monkeypatch):
 
     package.pipeline = pipeline
     utils = types.ModuleType("lmdeploy.utils")
-    utils.serialize_state_dict = lambda state: "serialized:" + ",".join(state)
+    utils.serialize_state_dict = lambda state: "serialized:" + ",".join(name for name, _ in state["metadata"])
+    utils.FlattenedTensorBucket = FakeFlattenedBucket
     protocol = types.ModuleType("lmdeploy.serve.openai.protocol")
     protocol.UpdateParamsRequest = lambda **kwargs: kwargs
     for name, module in {
@@ -137,11 +149,12 @@ def test_the_engine_refuses_to_serve_before_the_first_sync(engine):
 
 def test_the_first_sync_sends_every_bucket_then_wakes_the_kv_cache(engine):
     calls = engine.engine.calls
-    engine.load_weights(3, [{"a": torch.ones(1)}, "ipc-handles", {"b": torch.ones(1)}])
+    engine.load_weights(3, [{"a": torch.ones(1), "c": torch.ones(2)}, "ipc-handles", {"b": torch.ones(1)}])
     assert calls[0][0] == "update"  # empty init: weights are allocated, only the KV cache sleeps
     updates = [request for kind, *request in calls if kind == "update"]
-    assert [u[0]["serialized_named_tensors"] for u in updates] == ["serialized:a", "ipc-handles", "serialized:b"]
+    assert [u[0]["serialized_named_tensors"] for u in updates] == ["serialized:a,c", "ipc-handles", "serialized:b"]
     assert [u[0]["finished"] for u in updates] == [False, False, True]
+    assert {u[0]["load_format"] for u in updates} == {"flattened_bucket"}
     assert calls[-2:] == [("complete",), ("wakeup", ["kv_cache"])]
     assert engine.policy_version == 3
 

@@ -1,0 +1,95 @@
+"""FSDP2, the trainer group's default backend: float32 master weights sharded per decoder layer."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from transformers import PreTrainedModel
+
+from actors.optim import adamw, lr_scheduler
+from rlstack import models
+from rlstack.config import Recipe
+
+
+class FSDP2Backend:
+    """Each rank holds a shard of the float32 master weights; forward and backward run in
+    ``trainer.compute_dtype`` and gradients are reduced in float32.
+
+    FSDP2 averages gradients over ranks, so ``backward`` scales each loss by the world size:
+    a micro-batch's loss is already its share of the whole batch's loss.
+    """
+
+    def __init__(self, recipe: Recipe, rank: int, world_size: int, init_method: str, reference: bool):
+        self.recipe = recipe
+        self.world_size = world_size
+        self.device = torch.device(recipe.placement.device)
+        dist.init_process_group(
+            backend="nccl" if self.device.type == "cuda" else "gloo",
+            init_method=init_method,
+            rank=rank,
+            world_size=world_size,
+        )
+        self.module = self._sharded_model()
+        self.model: torch.nn.Module = self.module
+        self.reference = self._sharded_model().requires_grad_(False) if reference else None
+        self.optimizer = adamw(self.module.parameters(), recipe.trainer)
+        self.scheduler = lr_scheduler(self.optimizer, recipe)
+
+    def _sharded_model(self) -> PreTrainedModel:
+        model = models.load_model(self.recipe.model.path, dtype=torch.float32, seed=self.recipe.model.seed)
+        model.to(self.device)  # type: ignore[arg-type]  # transformers' decorator confuses mypy
+        policy = MixedPrecisionPolicy(
+            param_dtype=getattr(torch, self.recipe.trainer.compute_dtype), reduce_dtype=torch.float32
+        )
+        for layer in model.model.layers:
+            fully_shard(layer, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+        return model
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss * self.world_size).backward()
+
+    def step(self) -> dict[str, float]:
+        """Clip the gradients, step AdamW and the LR schedule; returns ``grad_norm`` and the ``lr`` used."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.recipe.trainer.max_grad_norm)
+        if isinstance(grad_norm, DTensor):
+            grad_norm = grad_norm.full_tensor()
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"grad_norm": float(grad_norm), "lr": float(lr)}
+
+    @contextmanager
+    def gathered(self, names: list[str]) -> Iterator[Iterator[tuple[str, torch.Tensor]]]:
+        """The named parameters in full, gathered one at a time as they are read; every rank must read them all."""
+        params = dict(self.module.named_parameters())
+        yield ((name, full_tensor(params[name])) for name in names)
+
+    def state_dicts(self, optimizer: bool, uri: str) -> tuple[dict[str, Any], Any]:
+        """Full float32 weights and the full optimizer state on the CPU (complete on rank 0); a collective."""
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = get_model_state_dict(self.module, options=options)
+        optim = get_optimizer_state_dict(self.module, self.optimizer, options=options) if optimizer else None
+        return weights, optim
+
+    def load(self, weights: dict[str, Any], optimizer: Any, uri: str) -> None:
+        options = StateDictOptions(full_state_dict=True, strict=False)  # tied lm_head is saved once
+        set_model_state_dict(self.module, weights, options=options)
+        if optimizer is not None:
+            set_optimizer_state_dict(self.module, self.optimizer, optimizer, options=options)
+
+
+def full_tensor(param: torch.Tensor) -> torch.Tensor:
+    return param.full_tensor() if isinstance(param, DTensor) else param
