@@ -98,9 +98,14 @@ class TrainerWorker:
         return self._aligned(groups, [padding_sample(samples[0])])
 
     def _optimizer_step(self) -> dict[str, float]:
-        """Clip the gradients, step AdamW and the LR schedule; returns ``grad_norm`` and the ``lr`` used."""
+        """Clip the gradients, step AdamW and the LR schedule; returns ``grad_norm``, the ``lr`` used and, on a
+        GPU, ``memory/peak_gib``: the most memory this rank allocated since the last step."""
         self.num_optimizer_steps += 1
-        return self.backend.step()
+        metrics = self.backend.step()
+        if self.device.type == "cuda":
+            metrics["memory/peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            torch.cuda.reset_peak_memory_stats()
+        return metrics
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         """One optimizer step of the PPO-clip surrogate over this rank's samples.
@@ -282,17 +287,17 @@ class TrainerWorker:
 
     @torch.no_grad()
     def compute_logprobs(self, samples: list[Sample]) -> list[list[float]]:
-        """Policy logprobs of each sample's response tokens, at the sampling temperature."""
+        """Policy logprobs of each sample's response tokens, at the sampling temperature, in ``samples`` order."""
         self.model.eval()
-        result: list[list[float]] = []
+        result: dict[int, list[float]] = {}  # by id(sample): micro-batches sort samples by length
         for group in self._aligned_micro_batches(samples):
             data = collate(group, self.tokenizer.pad_token_id)
             logits = self._response_logits(self.model, data, self.recipe.rollout.temperature)
             logprobs = token_logprobs(logits, data.response_ids.to(self.device))
             for sample, row in zip(group, logprobs.cpu(), strict=True):
                 if not sample.masked:
-                    result.append(row[: len(sample.completion.token_ids)].tolist())
-        return result
+                    result[id(sample)] = row[: len(sample.completion.token_ids)].tolist()
+        return [result[id(sample)] for sample in samples]
 
     @torch.no_grad()
     def full_buckets(self, bucket_mb: int, dtype: str, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
@@ -353,15 +358,7 @@ class TrainerWorker:
             files = sorted(path.glob("*.safetensors"))
             weights: dict[str, Any] = {name: tensor for file in files for name, tensor in load_file(file).items()}
             state = torch.load(path / "trainer_state.pt", weights_only=False)
-        backend = self.recipe.trainer.backend
-        optimizer = state.get("optimizer")
-        if optimizer is not None and state.get("backend", "fsdp2") != backend:
-            raise ValueError(
-                f"checkpoint {uri} holds optimizer state of trainer.backend={state.get('backend', 'fsdp2')!r}, "
-                f"not {backend!r}: resume with that backend, or start a new run from its `rlstack export` "
-                "(model.path=EXPORT_DIR)"
-            )
-        self.backend.load(weights, optimizer, uri)
+        self.backend.load(weights, state.get("optimizer"), uri)
         self.backend.scheduler.load_state_dict(state["scheduler"])
         self.num_optimizer_steps = state["num_optimizer_steps"]
         torch.set_rng_state(state["rng"])
@@ -372,7 +369,6 @@ class TrainerWorker:
         if self.rank != 0:
             return
         trainer_state: dict[str, Any] = {
-            "backend": self.recipe.trainer.backend,
             "num_optimizer_steps": self.num_optimizer_steps,
             "scheduler": self.backend.scheduler.state_dict(),
             "rng": torch.get_rng_state(),
@@ -413,8 +409,12 @@ class TrainerGroup:
             ).remote(recipe, bundle_index, placement.num_trainer_ranks)
             for bundle_index in range(placement.num_trainer_ranks)
         ]
-        master_addr, master_port = ray.get(self.workers[0].rendezvous_address.remote())
-        ray.get([w.setup.remote(master_addr, master_port) for w in self.workers])
+        try:
+            master_addr, master_port = ray.get(self.workers[0].rendezvous_address.remote())
+            ray.get([w.setup.remote(master_addr, master_port) for w in self.workers])
+        except BaseException:
+            self.shutdown()
+            raise
 
     def train_step(self, shards: list[TrainBatch]) -> dict[str, float]:
         return ray.get([w.train_step.remote(s) for w, s in zip(self.workers, shards, strict=True)])[0]

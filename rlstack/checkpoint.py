@@ -48,12 +48,24 @@ def save_checkpoint(
     return target
 
 
-def check_resumable(uri: str) -> None:
-    """``ValueError`` naming ``checkpoint.resume_from`` unless ``uri`` is a complete checkpoint."""
+def check_resumable(uri: str, backend: str | None = None) -> None:
+    """``ValueError`` naming ``checkpoint.resume_from`` unless ``uri`` is a complete checkpoint, whose optimizer
+    state (if it has one) a ``backend`` trainer can load: each backend reads only its own."""
     fs, path = fsspec.core.url_to_fs(uri)
     missing = [name for name in REQUIRED if not fs.isfile(f"{path}/{name}")]
     if missing:
         raise ValueError(f"checkpoint.resume_from={uri!r} is not an rlstack checkpoint: no {', '.join(missing)}")
+    if backend is None or not fs.isfile(f"{path}/recipe.yaml"):
+        return
+    with fs.open(f"{path}/recipe.yaml", "r") as file:
+        written = yaml.safe_load(file)
+    theirs = written.get("trainer", {}).get("backend", "fsdp2")
+    if written.get("checkpoint", {}).get("optimizer", True) and theirs != backend:
+        raise ValueError(
+            f"checkpoint.resume_from={uri!r} holds the optimizer state of trainer.backend={theirs!r}, not "
+            f"{backend!r}: resume with {theirs!r}, or start a new run from its export (rlstack export "
+            "CHECKPOINT OUT, then model.path=OUT)"
+        )
 
 
 def load_controller_state(uri: str) -> dict[str, Any]:

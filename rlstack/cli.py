@@ -14,6 +14,7 @@ Commands:
   rlstack bench service                       run-service latency under 50 clients, and SSE delay, while a run trains
   rlstack bench sft                           SFT tokens/s with 1 and 2 FSDP2 ranks, and packing efficiency
   rlstack bench sync                          seconds to sync SmolLM2 into vLLM, against a plain copy
+  rlstack bench trainer                       FSDP2 against DeepSpeed ZeRO 1/2/3: step-1 losses, tokens/s, memory
 """
 
 import importlib
@@ -33,6 +34,7 @@ COMMANDS = {
     ("bench", "sft"): "rlstack.bench_sft",
     ("bench", "service"): "rlstack.bench_service",
     ("bench", "sync"): "rlstack.bench_sync",
+    ("bench", "trainer"): "rlstack.bench_trainer",
 }
 
 

@@ -18,7 +18,7 @@ from actors.weight_sync import WeightSync
 from rlstack import models
 from rlstack.algorithms import group_advantages
 from rlstack.algorithms.advantages import zero_variance_groups
-from rlstack.checkpoint import checkpoint_dir, load_controller_state, save_checkpoint
+from rlstack.checkpoint import check_resumable, checkpoint_dir, load_controller_state, save_checkpoint
 from rlstack.config import DataSection, Recipe
 from rlstack.data.batching import shard
 from rlstack.data.chat import render_prompt
@@ -46,6 +46,8 @@ class Controller:
 
     def __init__(self, recipe: Recipe, run_dir: Path, data: RunData | None = None):
         """``data`` defaults to loading ``recipe.data``; pass it when it is already loaded."""
+        if recipe.checkpoint.resume_from:
+            check_resumable(recipe.checkpoint.resume_from, recipe.trainer.backend)  # before any actor starts
         self.recipe = recipe
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ def preflight(recipe: Recipe) -> None:
     for index, function in enumerate(recipe.reward.functions):
         resolve(function.fn, f"reward.functions.{index}.fn")
     if recipe.checkpoint.resume_from:
-        check_resumable(recipe.checkpoint.resume_from)
+        check_resumable(recipe.checkpoint.resume_from, recipe.trainer.backend)
 
 
 def controller_for(recipe: Recipe) -> type["Controller"]:

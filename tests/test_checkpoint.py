@@ -49,3 +49,17 @@ def test_a_local_uri_is_written_in_place(tmp_path):
     check_resumable(f"file://{tmp_path}/step_2")
     with readable(str(tmp_path / "step_2")) as local:
         assert local == tmp_path / "step_2"
+
+
+@pytest.mark.parametrize("optimizer", [True, False])
+def test_optimizer_state_resumes_only_on_the_backend_that_wrote_it(remote, optimizer):
+    """A checkpoint's own recipe says which backend wrote its optimizer state; weights alone resume anywhere."""
+    write_checkpoint(URI)
+    with fsspec.open(f"{URI}/recipe.yaml", "w") as file:
+        file.write(f"trainer:\n  backend: fsdp2\ncheckpoint:\n  optimizer: {str(optimizer).lower()}\n")
+    check_resumable(URI, "fsdp2")
+    if optimizer:
+        with pytest.raises(ValueError, match="trainer.backend='fsdp2', not 'deepspeed'.*rlstack export"):
+            check_resumable(URI, "deepspeed")
+    else:
+        check_resumable(URI, "deepspeed")

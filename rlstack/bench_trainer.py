@@ -1,0 +1,201 @@
+"""``rlstack bench trainer``: the trainer backends side by side: FSDP2 and DeepSpeed ZeRO 1, 2 and 3.
+
+Every backend starts from the same random init and takes the same three steps on the
+same synthetic batches: GRPO (old logprobs are the policy's own), then SFT, then DPO
+(reference logprobs are the initial policy's). Their losses and gradient norms must
+agree across backends. Then GRPO steps on a larger batch are timed for tokens/s, with
+the peak GPU memory a rank allocated. ``--presets`` adds larger models, where a
+backend that runs out of memory is recorded as not fitting.
+"""
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from actors.trainer import TrainerGroup
+from rlstack.bench_result import record_result
+from rlstack.config import Recipe, load_recipe
+from rlstack.data.batching import by_rank, shard
+from rlstack.data.packing import SFTExample
+from rlstack.types import Completion, PreferenceBatch, PreferencePair, Sample, SFTBatch, TrainBatch
+
+RECIPE = "recipes/grpo_tiny_random.yaml"
+BACKENDS = {
+    "fsdp2": ["trainer.backend=fsdp2"],
+    "zero1": ["trainer.backend=deepspeed", "trainer.deepspeed.zero_stage=1"],
+    "zero2": ["trainer.backend=deepspeed", "trainer.deepspeed.zero_stage=2"],
+    "zero3": ["trainer.backend=deepspeed", "trainer.deepspeed.zero_stage=3"],
+    "zero3_offload": [
+        "trainer.backend=deepspeed",
+        "trainer.deepspeed.zero_stage=3",
+        "trainer.deepspeed.offload_optimizer=true",
+        "trainer.deepspeed.offload_params=true",
+    ],
+}
+
+
+def random_ids(rng: random.Random, length: int) -> tuple[int, ...]:
+    return tuple(rng.randrange(100, 20_000) for _ in range(length))
+
+
+def grpo_samples(num: int, prompt_len: int, response_len: int, seed: int) -> list[Sample]:
+    """``num`` prompt-response pairs of varying length, advantages alternating +1 and -1."""
+    rng = random.Random(seed)
+    samples = []
+    for i in range(num):
+        response = random_ids(rng, rng.randint(response_len // 2, response_len))
+        completion = Completion(response, (0.0,) * len(response), "length", 0, "")
+        samples.append(Sample(random_ids(rng, rng.randint(prompt_len // 2, prompt_len)), completion, (-1.0) ** i))
+    return samples
+
+
+def on_policy(group: TrainerGroup, samples: list[Sample], num_ranks: int) -> list[TrainBatch]:
+    """GRPO shards whose old logprobs are the current policy's, so the first step's ratios are 1."""
+    shards = shard(samples, num_ranks)
+    logprobs = group.compute_logprobs(shards)
+    num_tokens = sum(len(s.completion.token_ids) for s in samples)
+    max_tokens = max(len(s.completion.token_ids) for s in samples)
+    return [
+        TrainBatch(
+            tuple(
+                Sample(s.prompt_ids, Completion(s.completion.token_ids, tuple(lp), "length", 0, ""), s.advantage)
+                for s, lp in zip(part, rows, strict=True)
+            ),
+            num_tokens,
+            len(samples),
+            max_tokens,
+        )
+        for part, rows in zip(shards, logprobs, strict=True)
+    ]
+
+
+def sft_batches(num: int, length: int, seed: int, num_ranks: int) -> list[SFTBatch]:
+    """Examples whose second half is the trained (assistant) part."""
+    rng = random.Random(seed)
+    examples = []
+    for _ in range(num):
+        size = rng.randint(length // 2, length)
+        examples.append(SFTExample(random_ids(rng, size), (0,) * (size // 2) + (1,) * (size - size // 2)))
+    num_tokens = sum(sum(e.loss_mask[1:]) for e in examples)
+    return [SFTBatch(tuple(part), num_tokens) for part in by_rank(examples, num_ranks)]
+
+
+def preference_pairs(num: int, length: int, seed: int) -> list[PreferencePair]:
+    rng = random.Random(seed)
+    return [
+        PreferencePair(random_ids(rng, length), random_ids(rng, length // 2), random_ids(rng, length // 2 + 1))
+        for _ in range(num)
+    ]
+
+
+def three_steps(recipe: Recipe) -> dict[str, float]:
+    """Loss and gradient norm of a GRPO, an SFT and a DPO step from the recipe's init, and the weights' sum."""
+    ranks = recipe.placement.num_trainer_ranks
+    group = TrainerGroup(recipe)
+    try:
+        pairs = preference_pairs(8, 16, seed=3)
+        reference = group.pair_logprobs(by_rank(pairs, ranks))
+        figures: dict[str, float] = {}
+        grpo = group.train_step(on_policy(group, grpo_samples(8, 24, 16, seed=1), ranks))
+        sft = group.sft_step(sft_batches(8, 32, seed=2, num_ranks=ranks))
+        dpo_shards = [
+            PreferenceBatch(tuple(share), tuple(ref), len(pairs))
+            for share, ref in zip(by_rank(pairs, ranks), reference, strict=True)
+        ]
+        dpo = group.dpo_step(dpo_shards)
+        for name, metrics in (("grpo", grpo), ("sft", sft), ("dpo", dpo)):
+            figures |= {f"{name}_loss": metrics["loss"], f"{name}_grad_norm": metrics["grad_norm"]}
+        figures["weights_sum"] = sum(group.fingerprint().values())
+    finally:
+        group.shutdown()
+    return figures
+
+
+def grpo_throughput(recipe: Recipe, num_steps: int) -> dict[str, float]:
+    """Median tokens/s over ``num_steps`` GRPO steps (64 sequences of up to 512 tokens) after a warm-up step."""
+    ranks = recipe.placement.num_trainer_ranks
+    group = TrainerGroup(recipe)
+    try:
+        samples = grpo_samples(64, 256, 256, seed=4)
+        tokens = sum(len(s.prompt_ids) + len(s.completion.token_ids) for s in samples)
+        rates, peaks = [], []
+        for _ in range(num_steps + 1):
+            batches = on_policy(group, samples, ranks)
+            start = time.perf_counter()
+            metrics = group.train_step(batches)
+            rates.append(tokens / (time.perf_counter() - start))
+            peaks.append(metrics.get("memory/peak_gib", 0.0))
+    finally:
+        group.shutdown()
+    return {"tok_s": round(statistics.median(rates[1:]), 1), "peak_gib": round(max(peaks), 2)}
+
+
+def common_overrides(device: str, preset: str) -> list[str]:
+    gpu = device == "cuda"
+    return [
+        f"model.path=random:{preset}",
+        f"placement.device={device}",
+        f"placement.num_trainer_ranks={1 if gpu else 2}",
+        f"placement.trainer_gpus={1 if gpu else 0}",
+        f"trainer.compute_dtype={'bfloat16' if gpu else 'float32'}",
+        "trainer.micro_batch_tokens=8192",
+        "trainer.lr=1e-4",
+        "algorithm.kl_coef=0",
+        "tracking.wandb=disabled",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlstack bench trainer", description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", nargs="*", choices=list(BACKENDS), default=list(BACKENDS))
+    parser.add_argument("--parity-preset", default="smollm2-135m")
+    parser.add_argument("--presets", nargs="*", default=["llama-1b"], help="models timed (and tried for fit)")
+    parser.add_argument("--num-steps", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=Path("docs/results/trainer_backends_gpu.json"))
+    args = parser.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ray.init(
+        include_dashboard=False, runtime_env={"working_dir": ".", "excludes": [".venv", "runs", ".git", ".device"]}
+    )
+    figures: dict[str, Any] = {"card": torch.cuda.get_device_name() if device == "cuda" else "CPU only"}
+    run_root = Path(tempfile.mkdtemp(prefix="bench-trainer-"))
+    try:
+        for backend in args.backends:
+            overrides = [*common_overrides(device, args.parity_preset), *BACKENDS[backend]]
+            recipe = load_recipe(RECIPE, [*overrides, f"tracking.run_root={run_root}"])
+            figures |= {f"{backend}_{k}": round(v, 6) for k, v in three_steps(recipe).items()}
+        for preset in args.presets:
+            for backend in args.backends:
+                recipe = load_recipe(RECIPE, [*common_overrides(device, preset), *BACKENDS[backend]])
+                try:
+                    result = grpo_throughput(recipe, args.num_steps)
+                except ray.exceptions.RayError as error:
+                    if "out of memory" not in str(error).lower():
+                        raise
+                    result = {"fits": False}
+                figures |= {f"{preset}_{backend}_{k}": v for k, v in result.items()}
+    finally:
+        ray.shutdown()
+    reference = args.backends[0]
+    worst = max(
+        abs(figures[f"{b}_{name}_loss"] - figures[f"{reference}_{name}_loss"])
+        / max(abs(figures[f"{reference}_{name}_loss"]), 1e-6)
+        for b in args.backends
+        for name in ("grpo", "sft", "dpo")
+    )
+    figures["max_relative_loss_difference"] = worst
+    targets = {"losses_agree_within_2%": worst <= 0.02}
+    record_result("trainer", "rlstack bench trainer", figures, targets, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
