@@ -29,7 +29,8 @@ def test_offload_and_the_passthrough_merge_key_by_key():
             "trainer.deepspeed.zero_stage=3",
             "trainer.deepspeed.offload_optimizer=true",
             "trainer.deepspeed.offload_params=true",
-            "trainer.deepspeed.config={zero_optimization: {stage3_max_live_parameters: 1000}, wall_clock_breakdown: true}",
+            "trainer.deepspeed.config={zero_optimization: {stage3_max_live_parameters: 1000}, "
+            "wall_clock_breakdown: true}",
         ],
     )
     zero = deepspeed_config(recipe)["zero_optimization"]
