@@ -6,6 +6,8 @@ import ray
 def require_resources(setting: str, demand: dict[str, float], count: int) -> None:
     """Fail at once, naming ``placement.<setting>``, when the cluster holds less of a custom resource than
     ``count`` actors asking ``demand`` each need in all; Ray itself would wait for it forever."""
+    if not ray.is_initialized():
+        ray.init()  # as Ray's own first remote call would
     total = ray.cluster_resources()
     for name, amount in demand.items():
         if amount * count > total.get(name, 0.0):
