@@ -42,6 +42,7 @@ bench:
 	$(PY) -m rlstack.cli bench rollout; \
 	$(PY) -m rlstack.cli bench sync; \
 	$(PY) -m rlstack.cli bench sft; \
+	$(PY) -m rlstack.cli bench trainer; \
 	$(PY) -m rlstack.cli bench service; \
 	$(PY) -m rlstack.cli bench demo --setup-seconds $$(( $$(date +%s) - start ))
 

@@ -9,6 +9,7 @@ backend that runs out of memory is recorded as not fitting.
 """
 
 import argparse
+import json
 import random
 import statistics
 import sys
@@ -119,12 +120,13 @@ def three_steps(recipe: Recipe) -> dict[str, float]:
     return figures
 
 
-def grpo_throughput(recipe: Recipe, num_steps: int) -> dict[str, float]:
-    """Median tokens/s over ``num_steps`` GRPO steps (64 sequences of up to 512 tokens) after a warm-up step."""
+def grpo_throughput(recipe: Recipe, num_steps: int, num_seqs: int, max_len: int) -> dict[str, float]:
+    """Median tokens/s over ``num_steps`` GRPO steps on ``num_seqs`` sequences of up to ``max_len`` tokens,
+    after a warm-up step."""
     ranks = recipe.placement.num_trainer_ranks
     group = TrainerGroup(recipe)
     try:
-        samples = grpo_samples(64, 256, 256, seed=4)
+        samples = grpo_samples(num_seqs, max_len // 2, max_len // 2, seed=4)
         tokens = sum(len(s.prompt_ids) + len(s.completion.token_ids) for s in samples)
         rates, peaks = [], []
         for _ in range(num_steps + 1):
@@ -132,10 +134,11 @@ def grpo_throughput(recipe: Recipe, num_steps: int) -> dict[str, float]:
             start = time.perf_counter()
             metrics = group.train_step(batches)
             rates.append(tokens / (time.perf_counter() - start))
-            peaks.append(metrics.get("memory/peak_gib", 0.0))
+            peaks.append(metrics.get("memory/peak_gib", 0.0))  # reported on a GPU only
     finally:
         group.shutdown()
-    return {"tok_s": round(statistics.median(rates[1:]), 1), "peak_gib": round(max(peaks), 2)}
+    figures = {"tok_s": round(statistics.median(rates[1:]), 1)}
+    return figures | ({"peak_gib": round(max(peaks), 2)} if recipe.placement.device == "cuda" else {})
 
 
 def common_overrides(device: str, preset: str) -> list[str]:
@@ -153,15 +156,23 @@ def common_overrides(device: str, preset: str) -> list[str]:
     ]
 
 
+def keep_partial(figures: dict[str, Any], output: Path) -> None:
+    """The figures so far, so that a run cut short (out of time on the device) keeps what it measured."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({**figures, "complete": False}, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlstack bench trainer", description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="*", choices=list(BACKENDS), default=list(BACKENDS))
-    parser.add_argument("--parity-preset", default="smollm2-135m")
-    parser.add_argument("--presets", nargs="*", default=["llama-1b"], help="models timed (and tried for fit)")
-    parser.add_argument("--num-steps", type=int, default=3)
-    parser.add_argument("--output", type=Path, default=Path("docs/results/trainer_backends_gpu.json"))
-    args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    parser.add_argument("--parity-preset", default="smollm2-135m" if device == "cuda" else "tiny")
+    parser.add_argument(
+        "--presets", nargs="*", default=["llama-1b"] if device == "cuda" else ["tiny"], help="models timed"
+    )
+    parser.add_argument("--num-steps", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=Path(f"docs/results/trainer_backends_{device}.json"))
+    args = parser.parse_args(argv)
     ray.init(
         include_dashboard=False, runtime_env={"working_dir": ".", "excludes": [".venv", "runs", ".git", ".device"]}
     )
@@ -172,16 +183,18 @@ def main(argv: list[str] | None = None) -> int:
             overrides = [*common_overrides(device, args.parity_preset), *BACKENDS[backend]]
             recipe = load_recipe(RECIPE, [*overrides, f"tracking.run_root={run_root}"])
             figures |= {f"{backend}_{k}": round(v, 6) for k, v in three_steps(recipe).items()}
+            keep_partial(figures, args.output)
         for preset in args.presets:
             for backend in args.backends:
                 recipe = load_recipe(RECIPE, [*common_overrides(device, preset), *BACKENDS[backend]])
                 try:
-                    result = grpo_throughput(recipe, args.num_steps)
+                    result = grpo_throughput(recipe, args.num_steps, *((64, 512) if device == "cuda" else (16, 128)))
                 except ray.exceptions.RayError as error:
                     if "out of memory" not in str(error).lower():
                         raise
                     result = {"fits": False}
                 figures |= {f"{preset}_{backend}_{k}": v for k, v in result.items()}
+                keep_partial(figures, args.output)
     finally:
         ray.shutdown()
     reference = args.backends[0]

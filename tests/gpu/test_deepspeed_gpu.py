@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import ray
 
 from rlstack.bench_trainer import BACKENDS, RECIPE, common_overrides, three_steps
 from rlstack.config import load_recipe
@@ -13,13 +12,6 @@ pytestmark = [pytest.mark.gpu, pytest.mark.e2e]
 LOSS_BOUND = 0.02
 """Relative difference of each loss from FSDP2's: bf16 compute, FSDP2 reducing gradients in fp32, DeepSpeed in bf16."""
 GRAD_NORM_BOUND = 0.05
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 def test_zero2_and_zero3_take_the_same_steps_as_fsdp2(ray_cluster, request):

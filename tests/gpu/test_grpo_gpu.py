@@ -1,7 +1,6 @@
 """GRPO on one GPU: an NCCL FSDP2 trainer rank and an HF engine colocated on the same device."""
 
 import pytest
-import ray
 import torch
 
 from rlstack.config import load_recipe
@@ -22,13 +21,6 @@ GPU_OVERRIDES = [
     "trainer.compute_dtype=bfloat16",
     "tracking.wandb=disabled",
 ]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 def test_two_grpo_steps_on_one_gpu_with_nccl(ray_cluster, tmp_path, request):

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import ray
 import torch
 
 from rlstack import models
@@ -31,13 +30,6 @@ LMDEPLOY = [
 ]
 PARITY_BOUND = 0.05
 """Mean |trainer - engine| logprob, both in bfloat16 (different kernels; fp32 is not offered by LMDeploy)."""
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 def weights(seed: int) -> dict[str, torch.Tensor]:
