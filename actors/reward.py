@@ -6,6 +6,7 @@ of each kind is logged. With ``reward.fail_fast`` the run stops instead.
 """
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -249,6 +250,7 @@ class RewardPool:
         self.weights = {f.metric_name: f.weight for f in section.functions}
         self.order = [f.metric_name for f in section.functions]
         self.logged: set[tuple[str, str]] = set()
+        self.restarting: list[Any] = []  # workers whose last call failed with their process
         actor = ray.remote(RewardWorker)
         shared = [f for f in section.functions if not f.dedicated]
         self.groups: list[tuple[list[str], list[Any]]] = []
@@ -278,6 +280,7 @@ class RewardPool:
                 self.groups.append(([f.metric_name], [options.remote([f], section.timeout_s, section.error_score)]))
 
     def score(self, requests: list[ScoreRequest]) -> Scores:
+        self._await_restarts()
         calls = []
         for names, workers in self.groups:
             chunk = -(-len(requests) // len(workers))
@@ -292,12 +295,22 @@ class RewardPool:
                 results[name].merge_at(start, sub)
         return self._summarize(results, len(requests))
 
+    def _await_restarts(self) -> None:
+        """Wait until the workers whose process died (and that Ray restarts) answer again, so that new
+        requests do not reach an actor that is still restarting."""
+        deadline = self.section.timeout_s * 2 + 60
+        for worker in self.restarting:
+            with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                ray.get(worker.node_id.remote(), timeout=deadline)  # still down: its requests fail as actor_died
+        self.restarting.clear()
+
     def _get(self, worker: Any, ref: ray.ObjectRef, names: list[str], size: int) -> dict[str, RewardResult]:
         """A worker's results; a dead or hung worker's requests all fail with ``actor_died``."""
         deadline = self.section.timeout_s * 2 + 60  # worker-side timeouts fire long before this
         try:
             return ray.get(ref, timeout=deadline)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+            self.restarting.append(worker)
             if isinstance(exc, ray.exceptions.GetTimeoutError):
                 ray.kill(worker, no_restart=False)
             failed = {name: RewardResult(scores=[self.section.error_score] * size) for name in names}
