@@ -73,6 +73,7 @@ class TrainerWorker:
             self.backend = FSDP2Backend(recipe, self.rank, self.world_size, init_method, needs_reference)
         self.model = self.backend.model
         self.reference = self.backend.reference
+        self.parameter_shapes = models.parameter_shapes(recipe.model.path)  # the bucket plan's input, every sync
         self.num_optimizer_steps = 0
 
     def _response_logits(self, model: torch.nn.Module, batch: Collated, temperature: float) -> torch.Tensor:
@@ -309,8 +310,7 @@ class TrainerWorker:
         Every rank takes part in gathering each bucket; only rank 0 yields buckets.
         """
         wire = getattr(torch, dtype)
-        shapes = models.parameter_shapes(self.recipe.model.path)
-        for entries in plan_buckets(shapes, bucket_mb, wire.itemsize):
+        for entries in plan_buckets(self.parameter_shapes, bucket_mb, wire.itemsize):
             with self.backend.gathered([name for name, _ in entries]) as params:
                 bucket = {name: full.detach().to(device, wire, copy=True) for name, full in params}
             if self.rank == 0:
