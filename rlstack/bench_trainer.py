@@ -5,7 +5,8 @@ same synthetic batches: GRPO (old logprobs are the policy's own), then SFT, then
 (reference logprobs are the initial policy's). Their losses and gradient norms must
 agree across backends. Then GRPO steps on a larger batch are timed for tokens/s, with
 the peak GPU memory a rank allocated. ``--presets`` adds larger models, where a
-backend that runs out of memory is recorded as not fitting.
+backend that runs out of memory is recorded as not fitting. ``--fit`` instead finds,
+for each backend, the largest of the given presets that trains on one GPU.
 """
 
 import argparse
@@ -156,6 +157,32 @@ def common_overrides(device: str, preset: str) -> list[str]:
     ]
 
 
+def out_of_memory(error: ray.exceptions.RayError) -> bool:
+    """A CUDA allocation failure, or a worker that Ray or the kernel killed for lack of host memory."""
+    return isinstance(error, (ray.exceptions.OutOfMemoryError, ray.exceptions.ActorDiedError)) or (
+        "out of memory" in str(error).lower()
+    )
+
+
+def largest_fitting(backend: str, presets: list[str], device: str, output: Path, figures: dict[str, Any]) -> None:
+    """Try ``presets`` (smallest first) with ``backend`` on two GRPO steps of 8 sequences of up to 512 tokens,
+    until one runs out of memory; records each one's peak memory, the failure, and the largest that fit."""
+    figures[f"fit_{backend}_largest"] = None
+    for preset in presets:
+        recipe = load_recipe(RECIPE, [*common_overrides(device, preset), *BACKENDS[backend]])
+        try:
+            result = grpo_throughput(recipe, num_steps=1, num_seqs=8, max_len=512)
+        except ray.exceptions.RayError as error:
+            if not out_of_memory(error):
+                raise
+            figures[f"fit_{backend}_{preset}"] = f"does not fit: {type(error).__name__}"
+            keep_partial(figures, output)
+            return
+        figures |= {f"fit_{backend}_{preset}_peak_gib": v for k, v in result.items() if k == "peak_gib"}
+        figures[f"fit_{backend}_largest"] = preset
+        keep_partial(figures, output)
+
+
 def keep_partial(figures: dict[str, Any], output: Path) -> None:
     """The figures so far, so that a run cut short (out of time on the device) keeps what it measured."""
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -171,19 +198,42 @@ def main(argv: list[str] | None = None) -> int:
         "--presets", nargs="*", default=["llama-1b"] if device == "cuda" else ["tiny"], help="models timed"
     )
     parser.add_argument("--num-steps", type=int, default=3)
-    parser.add_argument("--output", type=Path, default=Path(f"docs/results/trainer_backends_{device}.json"))
+    parser.add_argument(
+        "--fit",
+        nargs="*",
+        metavar="PRESET",
+        help="only find the largest of these presets (smallest first) each backend trains",
+    )
+    parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
+    default_name = f"trainer_fit_{device}.json" if args.fit else f"trainer_backends_{device}.json"
+    output = args.output or Path("docs/results") / default_name
     ray.init(
         include_dashboard=False, runtime_env={"working_dir": ".", "excludes": [".venv", "runs", ".git", ".device"]}
     )
     figures: dict[str, Any] = {"card": torch.cuda.get_device_name() if device == "cuda" else "CPU only"}
     run_root = Path(tempfile.mkdtemp(prefix="bench-trainer-"))
+    if args.fit:
+        try:
+            for backend in args.backends:
+                largest_fitting(backend, args.fit, device, output, figures)
+        finally:
+            ray.shutdown()
+        fitted = {b: figures[f"fit_{b}_largest"] for b in args.backends}
+        record_result(
+            "trainer_fit",
+            "rlstack bench trainer --fit",
+            figures,
+            {"every_backend_fits_one": all(fitted.values())},
+            output,
+        )
+        return 0
     try:
         for backend in args.backends:
             overrides = [*common_overrides(device, args.parity_preset), *BACKENDS[backend]]
             recipe = load_recipe(RECIPE, [*overrides, f"tracking.run_root={run_root}"])
             figures |= {f"{backend}_{k}": round(v, 6) for k, v in three_steps(recipe).items()}
-            keep_partial(figures, args.output)
+            keep_partial(figures, output)
         for preset in args.presets:
             for backend in args.backends:
                 recipe = load_recipe(RECIPE, [*common_overrides(device, preset), *BACKENDS[backend]])
@@ -194,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                         raise
                     result = {"fits": False}
                 figures |= {f"{preset}_{backend}_{k}": v for k, v in result.items()}
-                keep_partial(figures, args.output)
+                keep_partial(figures, output)
     finally:
         ray.shutdown()
     reference = args.backends[0]
@@ -206,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     figures["max_relative_loss_difference"] = worst
     targets = {"losses_agree_within_2%": worst <= 0.02}
-    record_result("trainer", "rlstack bench trainer", figures, targets, args.output)
+    record_result("trainer", "rlstack bench trainer", figures, targets, output)
     return 0
 
 
