@@ -52,6 +52,9 @@ RANDOM_PRESETS: dict[str, dict[str, Any]] = {
     "llama-3b": dict(
         hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8
     ),
+    "llama-5b": dict(
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=8
+    ),
     "llama-8b": dict(
         hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8
     ),
