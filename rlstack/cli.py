@@ -8,6 +8,7 @@ Commands:
   rlstack runs submit|list|show|logs|cancel   the service's command-line client
   rlstack demo [--setup-seconds S]            the embedded GRPO recipe via ray job submit
   rlstack bench demo                          the demo, its figures written to docs/results/
+  rlstack bench dtype                         float32 against bfloat16 matmuls on this CPU, and what ``auto`` picks
   rlstack bench lmdeploy                      LMDeploy on one GPU: generation, weight sync, colocated GRPO
   rlstack bench reward                        reward-pool throughput and the cost of a hung call
   rlstack bench rollout                       vLLM tokens/s: raw LLM.generate against the RolloutGroup
@@ -28,6 +29,7 @@ COMMANDS = {
     ("runs",): "rlstack.api.client",
     ("demo",): "rlstack.demo",
     ("bench", "demo"): "rlstack.bench_demo",
+    ("bench", "dtype"): "rlstack.bench_dtype",
     ("bench", "lmdeploy"): "rlstack.bench_lmdeploy",
     ("bench", "reward"): "rlstack.bench_reward",
     ("bench", "rollout"): "rlstack.bench_rollout",

@@ -18,6 +18,8 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
+from rlstack.hardware import resolve_dtype
+
 
 class RecipeError(ValueError):
     """A recipe that cannot be used; the message names the key or path at fault."""
@@ -115,8 +117,8 @@ class RolloutSection(Section):
     """Sampling temperature for training rollouts."""
     top_p: float = 1.0
     """Nucleus sampling threshold."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Engine weight dtype."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "float32"
+    """Engine weight dtype; ``auto`` is bfloat16 on a GPU or a CPU with native bf16 (AVX-512, AMX), else float32."""
     bucket_mb: int = 256
     """Weight-sync bucket size, in MB."""
     stop: list[str] = []
@@ -330,8 +332,9 @@ class TrainerSection(Section):
     """Linear warm-up, in optimizer steps."""
     micro_batch_tokens: int = 2048
     """Token budget of one forward/backward (padded tokens count)."""
-    compute_dtype: Literal["float32", "bfloat16"] = "float32"
-    """Forward and backward dtype; master weights stay float32 (FSDP2 also reduces gradients in float32)."""
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = "float32"
+    """Forward and backward dtype, ``auto`` as for ``rollout.dtype``; master weights stay float32 (FSDP2 also
+    reduces gradients in float32)."""
     num_steps: int = 10
     """Training steps (rollout + update) to run."""
     seed: int = 0
@@ -424,6 +427,22 @@ class Recipe(Section):
     tracking: TrackingSection = TrackingSection()
     checkpoint: CheckpointSection = CheckpointSection()
     eval: EvalSection = EvalSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_auto_dtypes(cls, data: Any) -> Any:
+        """Replace ``auto`` dtypes by the one that is fast on ``placement.device`` of this machine, so that
+        every actor, and the run's saved recipe, sees the same concrete dtype."""
+        if not isinstance(data, dict):
+            return data
+        sections = {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in data.items()}
+        placement = sections.get("placement")
+        device = placement.get("device", "cpu") if isinstance(placement, dict) else "cpu"
+        for name, key in (("rollout", "dtype"), ("trainer", "compute_dtype")):
+            section = sections.get(name)
+            if isinstance(section, dict) and section.get(key) == "auto":
+                sections[name] = {**section, key: resolve_dtype("auto", device)}
+        return sections
 
     @model_validator(mode="after")
     def _check(self) -> "Recipe":

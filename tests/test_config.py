@@ -3,9 +3,11 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from rlstack import hardware
 from rlstack.config import Recipe, RecipeError, apply_override, load_recipe, parse_recipe
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+RECIPE = Path(__file__).parents[1] / "recipes" / "grpo_arith_smollm2.yaml"
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
@@ -66,3 +68,20 @@ def test_malformed_override_is_an_error():
 def test_missing_recipe_file_names_the_path(tmp_path):
     with pytest.raises(RecipeError, match="nope.yaml"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("device", "fast", "expected"),
+    [("cuda", False, "bfloat16"), ("cpu", True, "bfloat16"), ("cpu", False, "float32")],
+)
+def test_auto_dtypes_become_the_fast_one_for_the_device(monkeypatch, device, fast, expected):
+    monkeypatch.setattr(hardware, "fast_bf16", lambda d: d == "cuda" or fast)
+    overrides = ["rollout.engine=hf", "rollout.dtype=auto", "trainer.compute_dtype=auto", f"placement.device={device}"]
+    recipe = load_recipe(RECIPE, overrides)
+    assert (recipe.rollout.dtype, recipe.trainer.compute_dtype) == (expected, expected)
+
+
+def test_an_explicit_dtype_is_kept_where_it_is_slow(monkeypatch):
+    monkeypatch.setattr(hardware, "fast_bf16", lambda d: False)
+    recipe = load_recipe(RECIPE, ["rollout.dtype=bfloat16", "trainer.compute_dtype=auto"])
+    assert (recipe.rollout.dtype, recipe.trainer.compute_dtype) == ("bfloat16", "float32")
