@@ -295,20 +295,23 @@ class RewardPool:
                 results[name].merge_at(start, sub)
         return self._summarize(results, len(requests))
 
+    @property
+    def deadline_s(self) -> float:
+        """How long the pool waits on a worker; worker-side timeouts fire long before this."""
+        return self.section.timeout_s * 2 + 60
+
     def _await_restarts(self) -> None:
         """Wait until the workers whose process died (and that Ray restarts) answer again, so that new
         requests do not reach an actor that is still restarting."""
-        deadline = self.section.timeout_s * 2 + 60
         for worker in self.restarting:
             with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                ray.get(worker.node_id.remote(), timeout=deadline)  # still down: its requests fail as actor_died
+                ray.get(worker.node_id.remote(), timeout=self.deadline_s)  # still down: its requests fail as actor_died
         self.restarting.clear()
 
     def _get(self, worker: Any, ref: ray.ObjectRef, names: list[str], size: int) -> dict[str, RewardResult]:
         """A worker's results; a dead or hung worker's requests all fail with ``actor_died``."""
-        deadline = self.section.timeout_s * 2 + 60  # worker-side timeouts fire long before this
         try:
-            return ray.get(ref, timeout=deadline)
+            return ray.get(ref, timeout=self.deadline_s)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
             self.restarting.append(worker)
             if isinstance(exc, ray.exceptions.GetTimeoutError):

@@ -5,6 +5,7 @@ Shapes: ``[1024, 576] @ [576, 1536]``, 6 * 1024 * 576 * 1536 FLOP per forward an
 """
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ def gflops(dtype: torch.dtype, rounds: int) -> float:
         start = time.perf_counter()
         F.linear(x, w).sum().backward()
         times.append(time.perf_counter() - start)
-    return 6 * TOKENS * HIDDEN * INTERMEDIATE / sorted(times[1:])[rounds // 2] / 1e9
+    return 6 * TOKENS * HIDDEN * INTERMEDIATE / statistics.median(times[1:]) / 1e9
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -178,7 +178,8 @@ def largest_fitting(backend: str, presets: list[str], device: str, output: Path,
             figures[f"fit_{backend}_{preset}"] = f"does not fit: {type(error).__name__}"
             keep_partial(figures, output)
             return
-        figures |= {f"fit_{backend}_{preset}_peak_gib": v for k, v in result.items() if k == "peak_gib"}
+        if "peak_gib" in result:  # measured on a GPU only
+            figures[f"fit_{backend}_{preset}_peak_gib"] = result["peak_gib"]
         figures[f"fit_{backend}_largest"] = preset
         keep_partial(figures, output)
 
@@ -212,7 +213,6 @@ def main(argv: list[str] | None = None) -> int:
         include_dashboard=False, runtime_env={"working_dir": ".", "excludes": [".venv", "runs", ".git", ".device"]}
     )
     figures: dict[str, Any] = {"card": torch.cuda.get_device_name() if device == "cuda" else "CPU only"}
-    run_root = Path(tempfile.mkdtemp(prefix="bench-trainer-"))
     if args.fit:
         try:
             for backend in args.backends:
@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             output,
         )
         return 0
+    run_root = Path(tempfile.mkdtemp(prefix="bench-trainer-"))
     try:
         for backend in args.backends:
             overrides = [*common_overrides(device, args.parity_preset), *BACKENDS[backend]]
