@@ -6,7 +6,6 @@ of each kind is logged. With ``reward.fail_fast`` the run stops instead.
 """
 
 import asyncio
-import contextlib
 import logging
 import queue
 import threading
@@ -29,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 MAX_THREADS = 64
 POLL_S = 0.02
+RESTART_POLL_S = 0.2
 
 
 class RewardError(RuntimeError):
@@ -302,10 +302,18 @@ class RewardPool:
 
     def _await_restarts(self) -> None:
         """Wait until the workers whose process died (and that Ray restarts) answer again, so that new
-        requests do not reach an actor that is still restarting."""
+        requests do not reach an actor that is still restarting. Ray answers a call to a restarting
+        actor at once with ``ActorUnavailableError``, so the pool asks again until the deadline."""
+        deadline = time.monotonic() + self.deadline_s
         for worker in self.restarting:
-            with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                ray.get(worker.node_id.remote(), timeout=self.deadline_s)  # still down: its requests fail as actor_died
+            while time.monotonic() < deadline:
+                try:
+                    ray.get(worker.node_id.remote(), timeout=deadline - time.monotonic())
+                    break
+                except ray.exceptions.ActorUnavailableError:
+                    time.sleep(RESTART_POLL_S)
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    break  # gone for good or still down: its requests fail as actor_died
         self.restarting.clear()
 
     def _get(self, worker: Any, ref: ray.ObjectRef, names: list[str], size: int) -> dict[str, RewardResult]:
