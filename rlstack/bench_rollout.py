@@ -1,10 +1,12 @@
 """``rlstack bench rollout``: vLLM tokens/s, raw ``LLM.generate`` against the same work through the RolloutGroup.
 
 Both sides get the demo's workload (16 arithmetic prompts x 8 samples, T=1, 40 new
-tokens, bfloat16, the embedded SmolLM2) and are timed in alternating rounds in one run,
-so machine noise hits both alike. The raw engine runs in this process; the RolloutGroup
-runs one in-process engine in a Ray actor and adds scheduling, the object store and the
-``Completion`` conversion. Both run eager, as the engine does on CPU by default.
+tokens, the embedded SmolLM2) and are timed in alternating rounds in one run, so machine
+noise hits both alike. The raw engine runs in this process; the RolloutGroup runs one
+in-process engine in a Ray actor and adds scheduling, the object store and the
+``Completion`` conversion. Both run eager on CPU, as the engine does there by default.
+``--set`` overrides recipe keys, e.g. ``placement.device=cuda model.path=random:smollm2-135m``
+on a GPU; a ``random:`` model starts both engines from placeholder weights.
 """
 
 import argparse
@@ -21,7 +23,7 @@ from rlstack.config import load_recipe
 from rlstack.controller import GRPOController
 from rlstack.data.chat import render_prompt
 from rlstack.types import SamplingParams
-from rollout.vllm_engine import configure_cpu_environment
+from rollout.vllm_engine import configure_environment
 
 RECIPE = "recipes/grpo_arith_smollm2.yaml"
 
@@ -29,9 +31,13 @@ RECIPE = "recipes/grpo_arith_smollm2.yaml"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlstack bench rollout", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides")
     parser.add_argument("--output", type=Path, default=Path("docs/results/rollout_cpu.json"))
     args = parser.parse_args(argv)
-    recipe = load_recipe(RECIPE, ["rollout.engine=vllm", "tracking.wandb=disabled", "tracking.console=false"])
+    recipe = load_recipe(
+        RECIPE, ["rollout.engine=vllm", "tracking.wandb=disabled", "tracking.console=false", *args.set]
+    )
+    device = recipe.placement.device
     rollout = recipe.rollout
     tokenizer = models.load_tokenizer(recipe.model.path)
     prompts = [
@@ -39,18 +45,20 @@ def main(argv: list[str] | None = None) -> int:
     ]
     params = SamplingParams(n=rollout.num_samples, max_new_tokens=rollout.max_new_tokens, temperature=1.0)
 
-    configure_cpu_environment(os.environ)
+    configure_environment(os.environ, device)
     from vllm import LLM
     from vllm import SamplingParams as VLLMSamplingParams
     from vllm.inputs import TokensPrompt
 
     raw = LLM(
-        model=models.resolve(recipe.model.path),
+        model=models.engine_dir(recipe.model.path),
+        load_format="dummy" if recipe.model.path.startswith(models.RANDOM_PREFIX) else "auto",
         dtype=rollout.dtype,
         seed=0,
         max_model_len=rollout.max_model_len,
-        enforce_eager=rollout.enforce_eager is not False,  # as the engine runs on CPU
-        kv_cache_memory_bytes=int(rollout.kv_cache_gb * 2**30),
+        enforce_eager=device == "cpu" if rollout.enforce_eager is None else rollout.enforce_eager,  # as the engine
+        kv_cache_memory_bytes=int(rollout.kv_cache_gb * 2**30) if device == "cpu" else None,
+        gpu_memory_utilization=rollout.gpu_memory_utilization,
     )
     raw_params = VLLMSamplingParams(n=params.n, temperature=1.0, max_tokens=params.max_new_tokens, logprobs=0)
     raw_prompts = [TokensPrompt(prompt_token_ids=p) for p in prompts]
@@ -84,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     raw_tok_s, group_tok_s = (totals[k][0] / totals[k][1] for k in ("raw", "group"))
     figures = {
         "workload": f"{len(prompts)} prompts x {params.n} samples, {params.max_new_tokens} new tokens, {rollout.dtype}",
+        "model": recipe.model.path,
         "rounds": args.rounds,
         "raw_vllm_tok_s": round(raw_tok_s, 1),
         "rollout_group_tok_s": round(group_tok_s, 1),
@@ -91,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     record_result(
         "rollout",
-        "rlstack bench rollout",
+        " ".join(["rlstack bench rollout", *(["--set", *args.set] if args.set else [])]),
         figures,
         {"group_over_raw>=0.9": group_tok_s >= 0.9 * raw_tok_s},
         args.output,

