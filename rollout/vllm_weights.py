@@ -56,6 +56,11 @@ class InProcessWeightTransfer(WeightTransferEngine[InProcessInitInfo, InProcessU
     def shutdown(self) -> None:
         pass
 
+    @staticmethod
+    def trainer_send_weights(*args: object, **kwargs: object) -> None:
+        """The trainer's side, which vLLM 0.26 (the GPU build) declares; buckets arrive by reference instead."""
+        raise NotImplementedError("the in-process transfer has no sender: the rollout actor hands buckets over")
+
 
 def retie_lm_head(model: torch.nn.Module, tied: bool) -> None:
     """Point a tied LM head at the reloaded embedding and re-process it.
