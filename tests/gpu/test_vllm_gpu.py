@@ -1,13 +1,14 @@
 """vLLM on the GPU: GRPO with trainer/engine logprob parity, NCCL broadcast sync, exact A/B/A pushes."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from actors.weight_sync import WeightSync
 from rlstack import models
-from rlstack.config import load_recipe
+from rlstack.config import Recipe, load_recipe
 from rlstack.controller import GRPOController
 from rlstack.data.chat import render_prompt
 from rlstack.types import SamplingParams
@@ -38,20 +39,25 @@ def weights(seed: int) -> dict[str, torch.Tensor]:
     return {name: param.detach() for name, param in model.named_parameters()}
 
 
-def test_a_grpo_step_changes_the_engine_and_logs_a_small_logprob_mismatch(ray_cluster, tmp_path, request):
-    recipe = load_recipe(
-        request.config.rootpath / "recipes/grpo_tiny_random.yaml",
+def one_step_recipe(request: pytest.FixtureRequest, tmp_path: Path, *overrides: str) -> Recipe:
+    """One GRPO step at a learning rate that visibly moves the weights, rewarded by a signal a random model earns."""
+    root = request.config.rootpath
+    return load_recipe(
+        root / "recipes/grpo_tiny_random.yaml",
         [
             *VLLM,
-            "placement.trainer_gpus=0.5",
-            "placement.rollout_gpus=0.5",
+            *overrides,
             "trainer.num_steps=1",
             "trainer.lr=1e-3",
-            f"reward.functions=[{request.config.rootpath}/tests/assets/rewards.py:distinct_characters]",
+            f"reward.functions=[{root}/tests/assets/rewards.py:distinct_characters]",
             f"tracking.run_root={tmp_path}",
             "tracking.name=run",
         ],
     )
+
+
+def test_a_grpo_step_changes_the_engine_and_logs_a_small_logprob_mismatch(ray_cluster, tmp_path, request):
+    recipe = one_step_recipe(request, tmp_path, "placement.trainer_gpus=0.5", "placement.rollout_gpus=0.5")
     with GRPOController(recipe, tmp_path / "run") as controller:
         controller.sync_weights()
         prompts = [controller.prompt_ids(p) for p in controller.held_out_prompts]
@@ -70,19 +76,8 @@ def test_a_grpo_step_changes_the_engine_and_logs_a_small_logprob_mismatch(ray_cl
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs the trainer and the engine on different GPUs")
 def test_an_nccl_broadcast_sync_delivers_the_same_weights_as_the_object_store(ray_cluster, tmp_path, request):
-    recipe = load_recipe(
-        request.config.rootpath / "recipes/grpo_tiny_random.yaml",
-        [
-            *VLLM,
-            "rollout.weight_transport=broadcast",
-            "placement.trainer_gpus=1",
-            "placement.rollout_gpus=1",
-            "trainer.num_steps=1",
-            "trainer.lr=1e-3",
-            f"reward.functions=[{request.config.rootpath}/tests/assets/rewards.py:distinct_characters]",
-            f"tracking.run_root={tmp_path}",
-            "tracking.name=run",
-        ],
+    recipe = one_step_recipe(
+        request, tmp_path, "rollout.weight_transport=broadcast", "placement.trainer_gpus=1", "placement.rollout_gpus=1"
     )
     with GRPOController(recipe, tmp_path / "run") as controller:
         controller.sync_weights()
