@@ -24,8 +24,9 @@ venv: $(STAMP)
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
+# the default pytest run, plus the long end-to-end runs it leaves out (marked `slow`)
 test: lint browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "slow or not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rlstack actors rollout reward tests

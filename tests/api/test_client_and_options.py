@@ -19,6 +19,7 @@ def runs(service, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["sft", "dpo"])
 def test_the_cli_client_runs_sft_and_dpo_through_the_service(service, mode):
     submitted = runs(service, "submit", "grpo_tiny_random", f"algorithm.name={mode}", "tracking.wandb=disabled")

@@ -100,6 +100,7 @@ def test_a_run_can_be_cancelled_twice(service):
         assert again.status_code == 202 and again.json()["status"] == "stopped"
 
 
+@pytest.mark.slow
 def test_a_run_survives_a_restart_of_the_service(service):
     with service.client() as client:
         run_id = client.post("/v1/runs", json=tiny("trainer.num_steps=6")).json()["id"]
@@ -131,6 +132,7 @@ def test_a_plain_ray_job_is_adopted_from_its_run_directory(service, ray_head, tm
         assert missing.status_code == 422
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error(service, tmp_path):
     """Every operation but submitting runs (a fuzzed valid recipe would start real training) is fuzzed."""
     result = subprocess.run(
@@ -142,6 +144,7 @@ def test_schemathesis_finds_no_server_error(service, tmp_path):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_the_run_page_draws_live_curves_in_headless_chromium(service, tmp_path):
     with service.client() as client:
         run_id = client.post("/v1/runs", json=tiny("trainer.num_steps=3", "eval.every_steps=1")).json()["id"]

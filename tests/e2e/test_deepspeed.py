@@ -38,6 +38,7 @@ def test_grpo_sft_and_dpo_steps_equal_fsdp2s(ray_cluster, request, fsdp2_steps, 
     assert ours["grpo_grad_norm"] > 0 and ours["sft_grad_norm"] > 0 and ours["dpo_grad_norm"] > 0
 
 
+@pytest.mark.slow
 def test_zero3_trains_syncs_resumes_exactly_and_its_export_seeds_fsdp2(ray_cluster, tmp_path, request):
     recipe_file = request.config.rootpath / "recipes/grpo_tiny_random.yaml"
     common = [

@@ -65,6 +65,7 @@ def test_trainer_logprobs_match_the_engine(ray_cluster, tmp_path, request):
             assert row == pytest.approx(list(sample.completion.logprobs), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_resuming_from_a_checkpoint_continues_exactly(ray_cluster, tmp_path, request):
     recipe_file = request.config.rootpath / "recipes/grpo_tiny_random.yaml"
     common = [

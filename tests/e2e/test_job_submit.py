@@ -17,6 +17,7 @@ def ray(*args: str, env: dict[str, str], **kwargs) -> subprocess.CompletedProces
     return subprocess.run([sys.executable, "-m", "ray.scripts.scripts", *args], env=env, **kwargs)
 
 
+@pytest.mark.slow
 def test_ray_job_submit_runs_grpo_sft_and_dpo_recipes_to_completion(tmp_path, request):
     env = cluster_env()
     start_head(env, "--num-cpus=2", "--port=6399", f"--dashboard-port={DASHBOARD_PORT}",

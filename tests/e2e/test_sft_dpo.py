@@ -48,9 +48,9 @@ def test_sft_lowers_held_out_loss_and_reports_task_accuracy(ray_cluster, tmp_pat
 @pytest.mark.parametrize(
     ("reference", "loss", "first_loss"),
     [
-        ("precomputed", "sigmoid", 0.6931),  # -log sigmoid(0)
+        pytest.param("precomputed", "sigmoid", 0.6931, marks=pytest.mark.slow),  # -log sigmoid(0)
         ("online", "sigmoid", 0.6931),
-        ("precomputed", "ipo", 1.0),  # (0 - 1 / (2 * 0.5))^2
+        pytest.param("precomputed", "ipo", 1.0, marks=pytest.mark.slow),  # (0 - 1 / (2 * 0.5))^2
     ],
 )
 def test_dpo_raises_the_chosen_margin(ray_cluster, tmp_path, request, reference, loss, first_loss):
@@ -70,6 +70,7 @@ def test_dpo_raises_the_chosen_margin(ray_cluster, tmp_path, request, reference,
     assert summary["policy_version"] == 3 and "preference_accuracy_after" in summary
 
 
+@pytest.mark.slow
 def test_an_sft_checkpoint_is_the_starting_model_of_dpo(ray_cluster, tmp_path, request):
     tiny = request.config.rootpath / "recipes/grpo_tiny_random.yaml"
     sft = load_recipe(tiny, ["algorithm.name=sft", *COMMON, "trainer.num_steps=1", "eval.every_steps=0"])

@@ -33,7 +33,7 @@ def two_nodes(request):
     cluster.shutdown()
 
 
-@pytest.mark.parametrize("transport", ["object_store", "broadcast"])
+@pytest.mark.parametrize("transport", ["object_store", pytest.param("broadcast", marks=pytest.mark.slow)])
 def test_groups_go_where_the_recipe_asks_and_train_across_nodes(two_nodes, tmp_path, request, transport):
     recipe = load_recipe(
         request.config.rootpath / "recipes/grpo_tiny_random.yaml",
@@ -60,7 +60,10 @@ def test_groups_go_where_the_recipe_asks_and_train_across_nodes(two_nodes, tmp_p
     assert summary["policy_version"] == 2
 
 
-@pytest.mark.parametrize("group", ["trainer", "rollout", "reward"])
+@pytest.mark.parametrize(
+    "group",
+    ["trainer", pytest.param("rollout", marks=pytest.mark.slow), pytest.param("reward", marks=pytest.mark.slow)],
+)
 def test_a_resource_no_node_has_fails_at_once_naming_the_setting(two_nodes, tmp_path, request, group):
     recipe = load_recipe(
         request.config.rootpath / "recipes/grpo_tiny_random.yaml",

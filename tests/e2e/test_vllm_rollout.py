@@ -15,6 +15,7 @@ MISMATCH_BOUND = 1e-3
 """Mean |trainer - engine| logprob over the first step's sampled tokens, both in float32 (measured: ~1e-5)."""
 
 
+@pytest.mark.slow
 def test_grpo_step_with_vllm_changes_the_engine_and_logs_a_small_logprob_mismatch(ray_cluster, tmp_path, request):
     recipe = load_recipe(
         request.config.rootpath / "recipes/grpo_tiny_random.yaml",
