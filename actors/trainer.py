@@ -31,6 +31,7 @@ from rlstack.data.batching import (
 from rlstack.data.packing import PackedRow, SFTExample, attention_mask_from_positions, collate_packed, pack
 from rlstack.types import PreferenceBatch, PreferencePair, Sample, SFTBatch, TrainBatch
 from rollout.lmdeploy_engine import serialize_flattened
+from rollout.shared_bucket import share
 from rollout.weight_broadcast import WeightGroup, flatten, plan_buckets
 
 PLACEMENT_TIMEOUT_S = 300
@@ -316,20 +317,23 @@ class TrainerWorker:
             if self.rank == 0:
                 yield bucket
 
-    def state_dict_buckets(self, bucket_mb: int, dtype: str, transport: str = "object_store") -> list[ray.ObjectRef]:
+    def state_dict_buckets(
+        self, bucket_mb: int, dtype: str, transport: str = "object_store", engine: str = "vllm"
+    ) -> list[ray.ObjectRef]:
         """The full weights as object-store buckets of about ``bucket_mb`` MB; rank 0 returns their refs, the
         other ranks an empty list. With ``cuda_ipc`` a bucket stays on this GPU as one flat tensor and the object
-        store carries only its CUDA IPC handles (``serialize_flattened``); it lives until ``release_buckets``.
+        store carries only its CUDA IPC handle, in the engine's format (LMDeploy's ``serialize_flattened``, else
+        a ``SharedBucket``); the tensor lives until ``release_buckets``.
         """
         device = self.device if transport == "cuda_ipc" else torch.device("cpu")
-        return [self._put_bucket(bucket, transport) for bucket in self.full_buckets(bucket_mb, dtype, device)]
+        return [self._put_bucket(bucket, transport, engine) for bucket in self.full_buckets(bucket_mb, dtype, device)]
 
-    def _put_bucket(self, bucket: dict[str, torch.Tensor], transport: str) -> ray.ObjectRef:
+    def _put_bucket(self, bucket: dict[str, torch.Tensor], transport: str, engine: str) -> ray.ObjectRef:
         if transport == "object_store":
             return ray.put(bucket)
-        serialized, flat = serialize_flattened(bucket)
+        handle, flat = serialize_flattened(bucket) if engine == "lmdeploy" else share(bucket)
         self.sent_buckets.append(flat)
-        return ray.put(serialized)
+        return ray.put(handle)
 
     def release_buckets(self) -> None:
         """Free the GPU buckets of the last ``cuda_ipc`` sync, once every engine has loaded them."""
@@ -437,8 +441,10 @@ class TrainerGroup:
     def pair_logprobs(self, shards: list[list[PreferencePair]]) -> list[list[tuple[float, float]]]:
         return ray.get([w.pair_logprobs.remote(s) for w, s in zip(self.workers, shards, strict=True)])
 
-    def state_dict_buckets(self, bucket_mb: int, dtype: str, transport: str = "object_store") -> list[ray.ObjectRef]:
-        return ray.get([w.state_dict_buckets.remote(bucket_mb, dtype, transport) for w in self.workers])[0]
+    def state_dict_buckets(
+        self, bucket_mb: int, dtype: str, transport: str = "object_store", engine: str = "vllm"
+    ) -> list[ray.ObjectRef]:
+        return ray.get([w.state_dict_buckets.remote(bucket_mb, dtype, transport, engine) for w in self.workers])[0]
 
     def release_buckets(self) -> None:
         ray.get([w.release_buckets.remote() for w in self.workers])

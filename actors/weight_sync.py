@@ -11,7 +11,8 @@ class WeightSync:
     """Pushes the trainer's full weights to every engine; returns the versions the engines then serve.
 
     - ``object_store``: trainer rank 0 puts buckets in the object store, each engine fetches them.
-    - ``cuda_ipc``: the same, carrying CUDA IPC handles; the trainer frees its GPU buckets afterwards.
+    - ``cuda_ipc``: the same, carrying CUDA IPC handles (LMDeploy's format, or ``SharedBucket`` for vLLM); the
+      trainer frees its GPU buckets afterwards.
     - ``broadcast``: trainer rank 0 and the engines form a process group on first use, then
       rank 0 sends while the engines receive.
     """
@@ -30,7 +31,7 @@ class WeightSync:
             versions = self.rollout.receive_weights(version)
             ray.get(sending)
             return versions
-        refs = self.trainer.state_dict_buckets(config.bucket_mb, config.dtype, config.weight_transport)
+        refs = self.trainer.state_dict_buckets(config.bucket_mb, config.dtype, config.weight_transport, config.engine)
         versions = self.rollout.update_weights(version, refs)
         if config.weight_transport == "cuda_ipc":
             self.trainer.release_buckets()

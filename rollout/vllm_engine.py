@@ -20,6 +20,7 @@ import torch
 
 from rlstack import models
 from rlstack.types import Completion, SamplingParams
+from rollout.shared_bucket import SharedBucket
 
 
 def configure_environment(environ: MutableMapping[str, str], device: str) -> None:
@@ -97,14 +98,16 @@ class VLLMEngine:
         finish: Literal["stop", "length"] = "length" if sample.finish_reason == "length" else "stop"
         return Completion(ids, logprobs, finish, self.policy_version, sample.text)
 
-    def load_weights(self, version: int, buckets: Iterable[dict[str, torch.Tensor]]) -> None:
-        """Stream the buckets through vLLM's weight-transfer API, then drop cached prefixes of the old weights."""
+    def load_weights(self, version: int, buckets: Iterable[dict[str, torch.Tensor] | SharedBucket]) -> None:
+        """Stream the buckets through vLLM's weight-transfer API, then drop cached prefixes of the old weights.
+        A ``SharedBucket`` (``rollout.weight_transport=cuda_ipc``) is read in place from the trainer's GPU."""
         self.policy_version = -1  # a failed sync leaves an engine that refuses to serve
         missing = set(self.expected_names)
         self._rpc("start_weight_update")
         for bucket in buckets:
-            self._rpc("update_weights", {"named_tensors": bucket})
-            missing.difference_update(bucket)
+            tensors = bucket.open() if isinstance(bucket, SharedBucket) else bucket
+            self._rpc("update_weights", {"named_tensors": tensors})
+            missing.difference_update(tensors)
         if missing:
             raise RuntimeError(f"weight sync to version {version} is incomplete: missing {sorted(missing)[:3]}...")
         self._rpc("finish_weight_update")

@@ -2,12 +2,12 @@
 
 vLLM loads new weights through its weight-transfer API (``start_weight_update``,
 ``update_weights``, ``finish_weight_update`` on the worker), with one backend per
-transport. Its own ``ipc`` (CUDA IPC, same node) and ``nccl`` (across nodes) backends
-serve the GPU paths; ``IN_PROCESS_BACKEND`` below adds the CPU path, where the engine
-runs inside the rollout actor and each bucket arrives as tensors fetched from the Ray
-object store.
+transport. The engine runs inside the rollout actor, so every rlstack transport ends in
+``IN_PROCESS_BACKEND`` below: the actor hands each bucket over by reference, whether it
+was fetched from the Ray object store, opened from the trainer's CUDA IPC handle
+(``rollout.shared_bucket``) or received over the broadcast group (gloo or NCCL).
 
-Every backend loads checkpoint-format tensors through vLLM's layerwise reload: a layer
+The backend loads checkpoint-format tensors through vLLM's layerwise reload: a layer
 is re-processed into its kernel format once all of its tensors have arrived, so the
 extra memory of a sync is about one bucket.
 """

@@ -85,3 +85,26 @@ def test_an_explicit_dtype_is_kept_where_it_is_slow(monkeypatch):
     monkeypatch.setattr(hardware, "fast_bf16", lambda d: False)
     recipe = load_recipe(RECIPE, ["rollout.dtype=bfloat16", "trainer.compute_dtype=auto"])
     assert (recipe.rollout.dtype, recipe.trainer.compute_dtype) == ("bfloat16", "float32")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"rollout": {"engine": "hf", "weight_transport": "cuda_ipc"}},
+            r"cuda_ipc needs rollout\.engine=lmdeploy or vllm",
+        ),
+        ({"rollout": {"engine": "vllm", "weight_transport": "cuda_ipc"}}, r"cuda_ipc .*placement\.device=cuda"),
+        ({"rollout": {"engine": "vllm", "sleep_while_training": True}}, r"sleep_while_training needs .*lmdeploy"),
+    ],
+)
+def test_a_transport_the_engine_or_device_cannot_use_is_rejected(overrides, message):
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(overrides)
+
+
+def test_cuda_ipc_is_accepted_for_vllm_on_a_gpu():
+    recipe = parse_recipe(
+        {"rollout": {"engine": "vllm", "weight_transport": "cuda_ipc"}, "placement": {"device": "cuda"}}
+    )
+    assert recipe.rollout.weight_transport == "cuda_ipc"

@@ -1,4 +1,4 @@
-"""vLLM on the GPU: GRPO with trainer/engine logprob parity, NCCL broadcast sync, exact A/B/A pushes."""
+"""vLLM on the GPU: GRPO with trainer/engine logprob parity, NCCL broadcast and CUDA IPC sync, exact A/B/A pushes."""
 
 import json
 from pathlib import Path
@@ -74,21 +74,28 @@ def test_a_grpo_step_changes_the_engine_and_logs_a_small_logprob_mismatch(ray_cl
     assert 0 < mismatch < MISMATCH_BOUND
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs the trainer and the engine on different GPUs")
-def test_an_nccl_broadcast_sync_delivers_the_same_weights_as_the_object_store(ray_cluster, tmp_path, request):
-    recipe = one_step_recipe(
-        request, tmp_path, "rollout.weight_transport=broadcast", "placement.trainer_gpus=1", "placement.rollout_gpus=1"
-    )
+TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs trainer and engine on two GPUs")
+
+
+@pytest.mark.parametrize(
+    ("transport", "gpus_each"),
+    [pytest.param("broadcast", 1, marks=TWO_GPUS, id="nccl-broadcast"), pytest.param("cuda_ipc", 0.5, id="cuda-ipc")],
+)
+def test_a_gpu_transport_delivers_the_same_weights_as_the_object_store(
+    ray_cluster, tmp_path, request, transport, gpus_each
+):
+    placement = [f"placement.trainer_gpus={gpus_each}", f"placement.rollout_gpus={gpus_each}"]
+    recipe = one_step_recipe(request, tmp_path, f"rollout.weight_transport={transport}", *placement)
     with GRPOController(recipe, tmp_path / "run") as controller:
         controller.sync_weights()
         initial = controller.rollout.fingerprints()[0]
-        controller.run()  # trains, then broadcasts over NCCL
-        broadcast = controller.rollout.fingerprints()[0]
+        controller.run()  # trains, then syncs over the transport
+        synced = controller.rollout.fingerprints()[0]
         object_store = recipe.rollout.model_copy(update={"weight_transport": "object_store"})
         WeightSync(controller.trainer, controller.rollout, object_store).push(2)
         fetched = controller.rollout.fingerprints()[0]
-    assert broadcast == fetched
-    assert sum(broadcast[name] != initial[name] for name in initial) > len(initial) // 2
+    assert synced == fetched
+    assert sum(synced[name] != initial[name] for name in initial) > len(initial) // 2
 
 
 def test_generation_and_a_b_a_weight_pushes_are_exact():

@@ -6,6 +6,7 @@ import torch
 from rlstack import models
 from rlstack.data.chat import render_prompt
 from rlstack.types import SamplingParams
+from rollout.shared_bucket import share
 from rollout.vllm_engine import VLLMEngine
 
 GREEDY = SamplingParams(n=1, max_new_tokens=16, temperature=0.0)
@@ -49,7 +50,8 @@ def test_push_a_then_b_then_a_restores_greedy_outputs_exactly(engine, prompts, w
     first = engine.generate(prompts, GREEDY)
     engine.load_weights(1, buckets(b, 25))
     changed = engine.generate(prompts, GREEDY)
-    engine.load_weights(2, buckets(a, 100))
+    shared = [share(bucket) for bucket in buckets(a, 100)]  # handed over as with cuda_ipc, here in CPU memory
+    engine.load_weights(2, [handle for handle, _ in shared])
     again = engine.generate(prompts, GREEDY)
     assert [g[0].token_ids for g in again] == [g[0].token_ids for g in first]
     assert [g[0].logprobs for g in again] == [g[0].logprobs for g in first]
