@@ -29,6 +29,7 @@ from rlstack.data.batching import (
     response_sample,
 )
 from rlstack.data.packing import PackedRow, SFTExample, attention_mask_from_positions, collate_packed, pack
+from rlstack.data.shared_prompt import SharedPromptRow, collate_shared_prompt, shared_prompt_rows
 from rlstack.types import PreferenceBatch, PreferencePair, Sample, SFTBatch, TrainBatch
 from rollout.lmdeploy_engine import serialize_flattened
 from rollout.shared_bucket import share
@@ -112,21 +113,35 @@ class TrainerWorker:
                 torch.cuda.empty_cache()  # the cached activation blocks go back to the GPU for the waking engine
         return metrics
 
+    def _token_logits(self, model: torch.nn.Module, row: SharedPromptRow) -> torch.Tensor:
+        """``[N, V]`` logits predicting each response token of the row, divided by the sampling temperature."""
+        out = model(
+            input_ids=row.input_ids.to(self.device),
+            position_ids=row.position_ids.to(self.device),
+            attention_mask=row.attention_mask.to(self.device),
+            logits_to_keep=row.logit_positions.to(self.device),
+            use_cache=False,
+        )
+        return out.logits[0] / self.recipe.rollout.temperature
+
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         """One optimizer step of the PPO-clip surrogate over this rank's samples.
 
-        Each micro-batch's loss is its share of the whole batch's loss (normalisers come
-        from the batch); the backend undoes its averaging of gradients over ranks.
+        The samples run as shared-prompt rows (``rlstack.data.shared_prompt``). Each
+        micro-batch's loss is its share of the whole batch's loss (normalisers come from
+        the batch); the backend undoes its averaging of gradients over ranks.
         """
         algo = self.recipe.algorithm
         self.model.train()
         sums = torch.zeros(6, dtype=torch.float64, device=self.device)  # loss, tokens, clipped, entropy, kl, |dlogp|
-        pad_id = self.tokenizer.pad_token_id
-        for group in self._aligned_micro_batches(list(batch.samples)):
-            data = collate(group, pad_id)
+        samples = list(batch.samples)
+        rows = shared_prompt_rows(samples, self.recipe.trainer.micro_batch_tokens)
+        for row in self._aligned(rows, [[padding_sample(samples[0])]]):
+            data = collate_shared_prompt(row, self.tokenizer.pad_token_id)
             mask = data.response_mask.to(self.device)
-            logits = self._response_logits(self.model, data, self.recipe.rollout.temperature)
-            logprobs = token_logprobs(logits, data.response_ids.to(self.device))
+            targets = data.token_ids.to(self.device)
+            logits = self._token_logits(self.model, data)
+            logprobs = data.scatter(token_logprobs(logits, targets))  # [B, R]
             old = data.old_logprobs.to(self.device)
             token_loss, clipped = clipped_surrogate(
                 logprobs, old, data.advantages.to(self.device), algo.clip_low, algo.clip_high
@@ -134,8 +149,7 @@ class TrainerWorker:
             kl = torch.zeros_like(token_loss)
             if self.reference is not None:
                 with torch.no_grad():
-                    ref_logits = self._response_logits(self.reference, data, self.recipe.rollout.temperature)
-                    ref = token_logprobs(ref_logits, data.response_ids.to(self.device))
+                    ref = data.scatter(token_logprobs(self._token_logits(self.reference, data), targets))
                 kl = kl_penalty(logprobs, ref, algo.kl_estimator)
                 token_loss = token_loss + algo.kl_coef * kl
             loss = aggregate(token_loss, mask, algo.loss_agg, batch.num_tokens, batch.num_seqs, batch.max_tokens)
@@ -145,7 +159,7 @@ class TrainerWorker:
                     loss.detach().double(),
                     mask.sum().double(),
                     (clipped * mask).sum().double(),
-                    (token_entropy(logits) * mask).sum().double(),
+                    (data.scatter(token_entropy(logits)) * mask).sum().double(),
                     (kl.detach() * mask).sum().double(),
                     ((logprobs.detach() - old).abs() * mask).sum().double(),
                 ]
@@ -169,7 +183,8 @@ class TrainerWorker:
         rows = [
             collate_packed(group, pad_id, sum(len(e.input_ids) for e in group))
             for group in (
-                [examples[i] for i in indices] for indices in pack(examples, self.recipe.trainer.micro_batch_tokens)
+                [examples[i] for i in indices]
+                for indices in pack([len(e.input_ids) for e in examples], self.recipe.trainer.micro_batch_tokens)
             )
         ]
         return self._aligned(rows, collate_packed([SFTExample((pad_id,), (0,))], pad_id, 1))

@@ -58,7 +58,7 @@ def packing_figures(budget: int) -> dict[str, float]:
     figures: dict[str, float] = {}
     for digits in (1, 2):
         examples = load_sft_data(recipe.data.model_copy(update={"digits": digits}), tokenizer).train
-        packs = pack(examples, budget)
+        packs = pack([len(e.input_ids) for e in examples], budget)
         real = sum(len(e.input_ids) for e in examples)
         processed = sum(
             collate_packed([examples[i] for i in p], 0, sum(len(examples[i].input_ids) for i in p)).input_ids.numel()

@@ -10,6 +10,7 @@ Commands:
   rlstack bench demo                          the demo, its figures written to docs/results/
   rlstack bench dtype                         float32 against bfloat16 matmuls on this CPU, and what ``auto`` picks
   rlstack bench lmdeploy                      LMDeploy on one GPU: generation, weight sync, colocated GRPO
+  rlstack bench prompt-sharing                GRPO forward and backward: padded against shared-prompt rows
   rlstack bench reward                        reward-pool throughput and the cost of a hung call
   rlstack bench rollout                       vLLM tokens/s: raw LLM.generate against the RolloutGroup
   rlstack bench service                       run-service latency under 50 clients, and SSE delay, while a run trains
@@ -31,6 +32,7 @@ COMMANDS = {
     ("bench", "demo"): "rlstack.bench_demo",
     ("bench", "dtype"): "rlstack.bench_dtype",
     ("bench", "lmdeploy"): "rlstack.bench_lmdeploy",
+    ("bench", "prompt-sharing"): "rlstack.bench_prompt_sharing",
     ("bench", "reward"): "rlstack.bench_reward",
     ("bench", "rollout"): "rlstack.bench_rollout",
     ("bench", "sft"): "rlstack.bench_sft",

@@ -38,25 +38,38 @@ class Collated:
 def collate(samples: list[Sample], pad_id: int) -> Collated:
     width = max(len(s.prompt_ids) for s in samples)
     length = max(len(s.completion.token_ids) for s in samples)
-    ids, attention, responses, mask, old = [], [], [], [], []
+    ids, attention = [], []
     for s in samples:
         prompt, response = list(s.prompt_ids), list(s.completion.token_ids)
         left, right = width - len(prompt), length - len(response)
         ids.append([pad_id] * left + prompt + response + [pad_id] * right)
         attention.append([0] * left + [1] * (len(prompt) + len(response)) + [0] * right)
-        responses.append(response + [pad_id] * right)
-        mask.append([0.0 if s.masked else 1.0] * len(response) + [0.0] * right)
-        old.append(list(s.completion.logprobs) + [0.0] * right)
     attention_mask = torch.tensor(attention)
     return Collated(
         input_ids=torch.tensor(ids),
         attention_mask=attention_mask,
         position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
-        response_ids=torch.tensor(responses),
-        response_mask=torch.tensor(mask),
-        old_logprobs=torch.tensor(old),
-        advantages=torch.tensor([s.advantage for s in samples], dtype=torch.float32),
+        **padded_responses(samples, pad_id),
     )
+
+
+def padded_responses(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
+    """``response_ids``, ``response_mask`` and ``old_logprobs`` right-padded to ``[B, R]``, and ``advantages``
+    ``[B]``; a masked (padding) sample's mask is all zero."""
+    length = max(len(s.completion.token_ids) for s in samples)
+    responses, mask, old = [], [], []
+    for s in samples:
+        response = list(s.completion.token_ids)
+        right = length - len(response)
+        responses.append(response + [pad_id] * right)
+        mask.append([0.0 if s.masked else 1.0] * len(response) + [0.0] * right)
+        old.append(list(s.completion.logprobs) + [0.0] * right)
+    return {
+        "response_ids": torch.tensor(responses),
+        "response_mask": torch.tensor(mask),
+        "old_logprobs": torch.tensor(old),
+        "advantages": torch.tensor([s.advantage for s in samples], dtype=torch.float32),
+    }
 
 
 def num_tokens(sample: Sample) -> int:

@@ -50,19 +50,19 @@ class PackedRow:
     """Lengths of the packed examples, in order; ``L - sum(seq_lens)`` padding tokens follow."""
 
 
-def pack(examples: Sequence[SFTExample], max_tokens: int) -> list[list[int]]:
-    """First-fit-decreasing bin packing: indices of the examples in each pack.
+def pack(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """First-fit-decreasing bin packing: indices of the items of ``lengths`` in each pack.
 
-    Longest first, each example goes into the first pack that still has room, so no pack
+    Longest first, each item goes into the first pack that still has room, so no pack
     holds more than ``max_tokens`` tokens. Equal lengths keep their input order.
     """
-    for i, example in enumerate(examples):
-        if len(example.input_ids) > max_tokens:
-            raise ValueError(f"example {i} has {len(example.input_ids)} tokens, more than max_tokens={max_tokens}")
+    for i, size in enumerate(lengths):
+        if size > max_tokens:
+            raise ValueError(f"example {i} has {size} tokens, more than max_tokens={max_tokens}")
     packs: list[list[int]] = []
     room: list[int] = []
-    for i in sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids), reverse=True):
-        size = len(examples[i].input_ids)
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True):
+        size = lengths[i]
         fit = next((j for j, free in enumerate(room) if free >= size), None)
         if fit is None:
             packs.append([])

@@ -1,0 +1,134 @@
+"""``rlstack bench prompt-sharing``: one GRPO batch's forward and backward through the embedded model, laid
+out padded (every sample with its own copy of the prompt) and as shared-prompt rows, side by side.
+
+The batch is the demo's: 16 of its prompts, 8 responses each, of lengths drawn uniformly
+from 1 to ``max_new_tokens`` (seeded), under the recipe's ``micro_batch_tokens``. Both
+layouts must give the same loss; the figures are the tokens each runs through the model
+and the median seconds of a forward and backward over the whole batch, alternating
+layouts round by round.
+"""
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from rlstack import models
+from rlstack.algorithms import token_logprobs
+from rlstack.bench_result import record_result
+from rlstack.config import load_recipe
+from rlstack.data.batching import Collated, collate, micro_batches
+from rlstack.data.chat import render_prompt
+from rlstack.data.dataset import load_prompt_data
+from rlstack.data.shared_prompt import SharedPromptRow, collate_shared_prompt, shared_prompt_rows
+from rlstack.hardware import resolve_dtype
+from rlstack.types import Completion, Sample
+
+RECIPE = "recipes/grpo_arith_smollm2.yaml"
+Layout = Callable[[torch.nn.Module, list[Sample], int], Iterator[tuple[torch.Tensor, Collated | SharedPromptRow]]]
+
+
+def demo_batch(seed: int) -> tuple[list[Sample], int]:
+    """The demo's batch shape with random response tokens, and its ``micro_batch_tokens``."""
+    recipe = load_recipe(RECIPE)
+    tokenizer = models.load_tokenizer(recipe.model.path)
+    train = load_prompt_data(recipe.data, tokenizer).train
+    prompts = [train[i] for i in range(recipe.rollout.num_prompts)]
+    rng = random.Random(seed)
+    samples = []
+    for prompt in prompts:
+        ids = tuple(render_prompt(tokenizer, prompt.messages, recipe.data.system_prompt))
+        for i in range(recipe.rollout.num_samples):
+            response = tuple(rng.randrange(100, 20_000) for _ in range(rng.randint(1, recipe.rollout.max_new_tokens)))
+            samples.append(Sample(ids, Completion(response, (0.0,) * len(response), "stop", 0, ""), (-1.0) ** i))
+    return samples, recipe.trainer.micro_batch_tokens
+
+
+def padded(model: torch.nn.Module, samples: list[Sample], budget: int) -> Iterator[tuple[torch.Tensor, Collated]]:
+    """``[B, R]`` logprobs of each padded micro-batch, with the micro-batch."""
+    for group in micro_batches(samples, budget):
+        data = collate(group, pad_id=0)
+        logits = model(
+            input_ids=data.input_ids,
+            attention_mask=data.attention_mask,
+            position_ids=data.position_ids,
+            logits_to_keep=data.response_ids.shape[1] + 1,
+            use_cache=False,
+        ).logits[:, :-1]
+        yield token_logprobs(logits, data.response_ids), data
+
+
+def shared(
+    model: torch.nn.Module, samples: list[Sample], budget: int
+) -> Iterator[tuple[torch.Tensor, SharedPromptRow]]:
+    """``[B, R]`` logprobs of each shared-prompt row, with the row."""
+    for row in shared_prompt_rows(samples, budget):
+        data = collate_shared_prompt(row, pad_id=0)
+        logits = model(
+            input_ids=data.input_ids,
+            position_ids=data.position_ids,
+            attention_mask=data.attention_mask,
+            logits_to_keep=data.logit_positions,
+            use_cache=False,
+        ).logits[0]
+        yield data.scatter(token_logprobs(logits, data.token_ids)), data
+
+
+LAYOUTS: dict[str, Layout] = {"padded": padded, "shared": shared}
+
+
+def forward_backward(model: torch.nn.Module, samples: list[Sample], budget: int, layout: Layout) -> tuple[float, int]:
+    """The batch's policy-gradient loss ``-sum(A * logprob)`` with its backward, and the tokens run."""
+    total, tokens = 0.0, 0
+    for logprobs, data in layout(model, samples, budget):
+        loss = -(logprobs * data.response_mask * data.advantages.unsqueeze(-1)).sum()
+        loss.backward()
+        total, tokens = total + loss.item(), tokens + data.input_ids.numel()
+    return total, tokens
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlstack bench prompt-sharing", description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=Path("docs/results/prompt_sharing_cpu.json"))
+    args = parser.parse_args(argv)
+    samples, budget = demo_batch(args.seed)
+    dtype = resolve_dtype("auto", "cpu")
+    model = models.load_model(load_recipe(RECIPE).model.path, dtype=getattr(torch, dtype))
+    seconds: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+    losses: dict[str, float] = {}
+    tokens: dict[str, int] = {}
+    for round_ in range(args.rounds + 1):  # round 0 warms up
+        for name, layout in LAYOUTS.items():
+            model.zero_grad()
+            start = time.perf_counter()
+            losses[name], tokens[name] = forward_backward(model, samples, budget, layout)
+            if round_:
+                seconds[name].append(time.perf_counter() - start)
+            print(f"round {round_} {name}: {tokens[name]} tokens, {time.perf_counter() - start:.1f} s", flush=True)
+    median = {name: statistics.median(times) for name, times in seconds.items()}
+    loss_gap = abs(losses["shared"] - losses["padded"]) / max(abs(losses["padded"]), 1e-9)
+    figures = {
+        "workload": f"{len(samples)} samples, 16 prompts x 8, responses 1-40 tokens, {dtype}, budget {budget}",
+        "rounds": args.rounds,
+        "response_tokens": sum(len(s.completion.token_ids) for s in samples),
+        "padded_tokens": tokens["padded"],
+        "shared_tokens": tokens["shared"],
+        "padded_s": round(median["padded"], 2),
+        "shared_s": round(median["shared"], 2),
+        "shared_speedup": round(median["padded"] / median["shared"], 2),
+        "loss_relative_gap": loss_gap,
+    }
+    targets = {"same_loss": loss_gap < 1e-4, "shared_faster": median["shared"] < median["padded"]}
+    record_result("prompt_sharing", "rlstack bench prompt-sharing", figures, targets, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
