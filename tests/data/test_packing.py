@@ -3,7 +3,7 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from rlstack.data.packing import (
     PackedRow,
@@ -62,23 +62,6 @@ def test_attention_mask_is_block_diagonal_causal():
         [0, 0, 1, 1, 0],
         [0, 0, 1, 1, 1],
     ]
-
-
-@pytest.fixture(scope="module")
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    model = LlamaForCausalLM(config).eval()
-    model.set_attn_implementation("sdpa")
-    return model
 
 
 EXAMPLES = [SFTExample((5, 9, 3, 7, 1), (0,) * 5), SFTExample((8, 2, 6), (0,) * 3), SFTExample((4, 4), (0,) * 2)]

@@ -1,5 +1,4 @@
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from rlstack.algorithms import token_logprobs
 from rlstack.data.batching import collate, padding_sample
@@ -53,23 +52,7 @@ def test_a_tree_over_the_budget_gets_a_row_of_its_own():
     assert [[tree_size(t) for t in r] for r in rows] == [[2], [15]]
 
 
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    model = LlamaForCausalLM(config)
-    model.set_attn_implementation("sdpa")
-    return model
-
-
-def test_shared_prompt_rows_give_the_padded_layouts_logprobs_and_gradients():
+def test_shared_prompt_rows_give_the_padded_layouts_logprobs_and_gradients(tiny_llama):
     gen = torch.Generator().manual_seed(1)
 
     def tokens(n: int) -> tuple[int, ...]:
@@ -78,7 +61,7 @@ def test_shared_prompt_rows_give_the_padded_layouts_logprobs_and_gradients():
     p, q = tokens(5), tokens(3)
     samples = [sample(p, tokens(n), float(n) - 3) for n in (4, 1, 6)] + [sample(q, tokens(n), 1.5) for n in (2, 5)]
     samples.append(padding_sample(samples[0]))
-    model = tiny_llama()
+    model = tiny_llama
 
     def loss_and_grads(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor):
         model.zero_grad()
