@@ -40,6 +40,7 @@ demo:
 bench:
 	@start=$$(date +%s); $(MAKE) --no-print-directory venv; \
 	$(PY) -m rlstack.cli bench dtype; \
+	$(PY) -m rlstack.cli bench prompt-sharing; \
 	$(PY) -m rlstack.cli bench reward; \
 	$(PY) -m rlstack.cli bench rollout; \
 	$(PY) -m rlstack.cli bench sync; \
