@@ -21,7 +21,6 @@ from rlstack.algorithms.sft import sft_loss
 from rlstack.checkpoint import readable, writable
 from rlstack.config import Recipe
 from rlstack.data.batching import (
-    Collated,
     collate,
     micro_batches,
     padding_sample,
@@ -29,7 +28,8 @@ from rlstack.data.batching import (
     response_sample,
 )
 from rlstack.data.packing import PackedRow, SFTExample, attention_mask_from_positions, collate_packed, pack
-from rlstack.data.shared_prompt import SharedPromptRow, collate_shared_prompt, shared_prompt_rows
+from rlstack.data.shared_prompt import collate_shared_prompt, shared_prompt_rows
+from rlstack.forward import padded_response_logits, shared_prompt_logits
 from rlstack.types import PreferenceBatch, PreferencePair, Sample, SFTBatch, TrainBatch
 from rollout.lmdeploy_engine import serialize_flattened
 from rollout.shared_bucket import share
@@ -78,18 +78,6 @@ class TrainerWorker:
         self.parameter_shapes = models.parameter_shapes(recipe.model.path)  # the bucket plan's input, every sync
         self.num_optimizer_steps = 0
 
-    def _response_logits(self, model: torch.nn.Module, batch: Collated, temperature: float) -> torch.Tensor:
-        """``[B, R, V]`` logits predicting each response token, divided by ``temperature``."""
-        length = batch.response_ids.shape[1]
-        out = model(
-            input_ids=batch.input_ids.to(self.device),
-            attention_mask=batch.attention_mask.to(self.device),
-            position_ids=batch.position_ids.to(self.device),
-            logits_to_keep=length + 1,
-            use_cache=False,
-        )
-        return out.logits[:, :-1] / temperature
-
     def _aligned(self, groups: list[T], padding: T) -> list[T]:
         """``groups`` plus ``padding`` up to the largest count of any rank, so all run the same FSDP collectives."""
         count = torch.tensor([len(groups)], device=self.device)
@@ -113,17 +101,6 @@ class TrainerWorker:
                 torch.cuda.empty_cache()  # the cached activation blocks go back to the GPU for the waking engine
         return metrics
 
-    def _token_logits(self, model: torch.nn.Module, row: SharedPromptRow) -> torch.Tensor:
-        """``[N, V]`` logits predicting each response token of the row, divided by the sampling temperature."""
-        out = model(
-            input_ids=row.input_ids.to(self.device),
-            position_ids=row.position_ids.to(self.device),
-            attention_mask=row.attention_mask.to(self.device),
-            logits_to_keep=row.logit_positions.to(self.device),
-            use_cache=False,
-        )
-        return out.logits[0] / self.recipe.rollout.temperature
-
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         """One optimizer step of the PPO-clip surrogate over this rank's samples.
 
@@ -140,7 +117,7 @@ class TrainerWorker:
             data = collate_shared_prompt(row, self.tokenizer.pad_token_id)
             mask = data.response_mask.to(self.device)
             targets = data.token_ids.to(self.device)
-            logits = self._token_logits(self.model, data)
+            logits = shared_prompt_logits(self.model, data, self.device) / self.recipe.rollout.temperature
             logprobs = data.scatter(token_logprobs(logits, targets))  # [B, R]
             old = data.old_logprobs.to(self.device)
             token_loss, clipped = clipped_surrogate(
@@ -149,7 +126,10 @@ class TrainerWorker:
             kl = torch.zeros_like(token_loss)
             if self.reference is not None:
                 with torch.no_grad():
-                    ref = data.scatter(token_logprobs(self._token_logits(self.reference, data), targets))
+                    ref_logits = (
+                        shared_prompt_logits(self.reference, data, self.device) / self.recipe.rollout.temperature
+                    )
+                    ref = data.scatter(token_logprobs(ref_logits, targets))
                 kl = kl_penalty(logprobs, ref, algo.kl_estimator)
                 token_loss = token_loss + algo.kl_coef * kl
             loss = aggregate(token_loss, mask, algo.loss_agg, batch.num_tokens, batch.num_seqs, batch.max_tokens)
@@ -246,7 +226,7 @@ class TrainerWorker:
         samples = [response_sample(p.prompt_ids, p.chosen_ids) for p in pairs]
         samples += [response_sample(p.prompt_ids, p.rejected_ids) for p in pairs]
         data = collate(samples, self.tokenizer.pad_token_id)
-        logprobs = token_logprobs(self._response_logits(model, data, 1.0), data.response_ids.to(self.device))
+        logprobs = token_logprobs(padded_response_logits(model, data, self.device), data.response_ids.to(self.device))
         return (logprobs * data.response_mask.to(self.device)).sum(-1).view(2, len(pairs))
 
     def dpo_step(self, batch: PreferenceBatch) -> dict[str, float]:
@@ -312,7 +292,7 @@ class TrainerWorker:
         result: dict[int, list[float]] = {}  # by id(sample): micro-batches sort samples by length
         for group in self._aligned_micro_batches(samples):
             data = collate(group, self.tokenizer.pad_token_id)
-            logits = self._response_logits(self.model, data, self.recipe.rollout.temperature)
+            logits = padded_response_logits(self.model, data, self.device) / self.recipe.rollout.temperature
             logprobs = token_logprobs(logits, data.response_ids.to(self.device))
             for sample, row in zip(group, logprobs.cpu(), strict=True):
                 if not sample.masked:

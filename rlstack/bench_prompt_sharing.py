@@ -26,6 +26,7 @@ from rlstack.data.batching import Collated, collate, micro_batches
 from rlstack.data.chat import render_prompt
 from rlstack.data.dataset import load_prompt_data
 from rlstack.data.shared_prompt import SharedPromptRow, collate_shared_prompt, shared_prompt_rows
+from rlstack.forward import padded_response_logits, shared_prompt_logits
 from rlstack.hardware import resolve_dtype
 from rlstack.types import Completion, Sample
 
@@ -55,14 +56,7 @@ def padded(model: torch.nn.Module, samples: list[Sample], budget: int) -> Iterat
     device = next(model.parameters()).device
     for group in micro_batches(samples, budget):
         data = collate(group, pad_id=0)
-        logits = model(
-            input_ids=data.input_ids.to(device),
-            attention_mask=data.attention_mask.to(device),
-            position_ids=data.position_ids.to(device),
-            logits_to_keep=data.response_ids.shape[1] + 1,
-            use_cache=False,
-        ).logits[:, :-1]
-        yield token_logprobs(logits, data.response_ids.to(device)), data
+        yield token_logprobs(padded_response_logits(model, data, device), data.response_ids.to(device)), data
 
 
 def shared(
@@ -72,14 +66,7 @@ def shared(
     device = next(model.parameters()).device
     for row in shared_prompt_rows(samples, budget):
         data = collate_shared_prompt(row, pad_id=0)
-        logits = model(
-            input_ids=data.input_ids.to(device),
-            position_ids=data.position_ids.to(device),
-            attention_mask=data.attention_mask.to(device),
-            logits_to_keep=data.logit_positions.to(device),
-            use_cache=False,
-        ).logits[0]
-        yield data.scatter(token_logprobs(logits, data.token_ids.to(device))), data
+        yield data.scatter(token_logprobs(shared_prompt_logits(model, data, device), data.token_ids.to(device))), data
 
 
 LAYOUTS: dict[str, Layout] = {"padded": padded, "shared": shared}
