@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from actors.fsdp2_backend import FSDP2Backend
 from actors.placement import node_id, require_resources
 from rlstack import models
-from rlstack.algorithms import aggregate, clipped_surrogate, kl_penalty, token_entropy, token_logprobs
+from rlstack.algorithms import aggregate, at_temperature, clipped_surrogate, kl_penalty, token_entropy, token_logprobs
 from rlstack.algorithms.dpo import comparable_logprobs, dpo_loss
 from rlstack.algorithms.sft import sft_loss
 from rlstack.checkpoint import readable, writable
@@ -117,7 +117,8 @@ class TrainerWorker:
             data = collate_shared_prompt(row, self.tokenizer.pad_token_id)
             mask = data.response_mask.to(self.device)
             targets = data.token_ids.to(self.device)
-            logits = shared_prompt_logits(self.model, data, self.device) / self.recipe.rollout.temperature
+            temperature = self.recipe.rollout.temperature
+            logits = at_temperature(shared_prompt_logits(self.model, data, self.device), temperature)
             logprobs = data.scatter(token_logprobs(logits, targets))  # [B, R]
             old = data.old_logprobs.to(self.device)
             token_loss, clipped = clipped_surrogate(
@@ -126,9 +127,7 @@ class TrainerWorker:
             kl = torch.zeros_like(token_loss)
             if self.reference is not None:
                 with torch.no_grad():
-                    ref_logits = (
-                        shared_prompt_logits(self.reference, data, self.device) / self.recipe.rollout.temperature
-                    )
+                    ref_logits = at_temperature(shared_prompt_logits(self.reference, data, self.device), temperature)
                     ref = data.scatter(token_logprobs(ref_logits, targets))
                 kl = kl_penalty(logprobs, ref, algo.kl_estimator)
                 token_loss = token_loss + algo.kl_coef * kl
@@ -292,7 +291,8 @@ class TrainerWorker:
         result: dict[int, list[float]] = {}  # by id(sample): micro-batches sort samples by length
         for group in self._aligned_micro_batches(samples):
             data = collate(group, self.tokenizer.pad_token_id)
-            logits = padded_response_logits(self.model, data, self.device) / self.recipe.rollout.temperature
+            logits = padded_response_logits(self.model, data, self.device)
+            logits = at_temperature(logits, self.recipe.rollout.temperature)
             logprobs = token_logprobs(logits, data.response_ids.to(self.device))
             for sample, row in zip(group, logprobs.cpu(), strict=True):
                 if not sample.masked:

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = {"same_loss": loss_gap < LOSS_BOUND[dtype], "shared_faster": median["shared"] < median["padded"]}
     record_result(
         "prompt_sharing",
-        " ".join(["rlstack bench prompt-sharing", *(argv or sys.argv[1:])]),
+        " ".join(["rlstack bench prompt-sharing", *(sys.argv[1:] if argv is None else argv)]),
         figures,
         targets,
         args.output,

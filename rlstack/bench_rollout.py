@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         max_model_len=rollout.max_model_len,
         enforce_eager=device == "cpu" if rollout.enforce_eager is None else rollout.enforce_eager,  # as the engine
         kv_cache_memory_bytes=int(rollout.kv_cache_gb * 2**30) if device == "cpu" else None,
+        block_size=rollout.block_size,
         gpu_memory_utilization=rollout.gpu_memory_utilization,
     )
     raw_params = VLLMSamplingParams(n=params.n, temperature=1.0, max_tokens=params.max_new_tokens, logprobs=0)

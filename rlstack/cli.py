@@ -8,6 +8,7 @@ Commands:
   rlstack runs submit|list|show|logs|cancel   the service's command-line client
   rlstack demo [--setup-seconds S]            the embedded GRPO recipe via ray job submit
   rlstack bench demo                          the demo, its figures written to docs/results/
+  rlstack bench block-size                    vLLM rollouts with its default KV block size against the recipe's
   rlstack bench dtype                         float32 against bfloat16 matmuls on this CPU, and what ``auto`` picks
   rlstack bench lmdeploy                      LMDeploy on one GPU: generation, weight sync, colocated GRPO
   rlstack bench prompt-sharing                GRPO forward and backward: padded against shared-prompt rows
@@ -30,6 +31,7 @@ COMMANDS = {
     ("runs",): "rlstack.api.client",
     ("demo",): "rlstack.demo",
     ("bench", "demo"): "rlstack.bench_demo",
+    ("bench", "block-size"): "rlstack.bench_block_size",
     ("bench", "dtype"): "rlstack.bench_dtype",
     ("bench", "lmdeploy"): "rlstack.bench_lmdeploy",
     ("bench", "prompt-sharing"): "rlstack.bench_prompt_sharing",

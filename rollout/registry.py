@@ -23,6 +23,7 @@ def make_engine(recipe: Recipe) -> Engine:
             seed=recipe.model.seed,
             max_model_len=rollout.max_model_len,
             kv_cache_gb=rollout.kv_cache_gb,
+            block_size=rollout.block_size,
             gpu_memory_utilization=rollout.gpu_memory_utilization,
             enforce_eager=rollout.enforce_eager,
             timeout_s=rollout.timeout_s,

@@ -96,6 +96,8 @@ def test_an_explicit_dtype_is_kept_where_it_is_slow(monkeypatch):
         ),
         ({"rollout": {"engine": "vllm", "weight_transport": "cuda_ipc"}}, r"cuda_ipc .*placement\.device=cuda"),
         ({"rollout": {"engine": "vllm", "sleep_while_training": True}}, r"sleep_while_training needs .*lmdeploy"),
+        ({"rollout": {"block_size": 48}}, r"rollout\.block_size=48: vLLM on cpu needs a positive multiple of 32"),
+        ({"rollout": {"block_size": 0}, "placement": {"device": "cuda"}}, r"block_size=0: .*multiple of 16"),
     ],
 )
 def test_a_transport_the_engine_or_device_cannot_use_is_rejected(overrides, message):

@@ -2,7 +2,15 @@
 
 from rlstack.algorithms.advantages import group_advantages
 from rlstack.algorithms.kl import kl_penalty
-from rlstack.algorithms.logprobs import token_entropy, token_logprobs
+from rlstack.algorithms.logprobs import at_temperature, token_entropy, token_logprobs
 from rlstack.algorithms.policy_loss import aggregate, clipped_surrogate
 
-__all__ = ["aggregate", "clipped_surrogate", "group_advantages", "kl_penalty", "token_entropy", "token_logprobs"]
+__all__ = [
+    "aggregate",
+    "at_temperature",
+    "clipped_surrogate",
+    "group_advantages",
+    "kl_penalty",
+    "token_entropy",
+    "token_logprobs",
+]

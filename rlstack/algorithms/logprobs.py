@@ -14,9 +14,14 @@ def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: f
         ``[B, T]`` float32 logprobs. ``gather - logsumexp`` avoids materialising the
         ``[B, T, V]`` log-softmax.
     """
-    logits = logits.float() / temperature
+    logits = at_temperature(logits.float(), temperature)
     picked = logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)  # [B, T]
     return picked - logits.logsumexp(dim=-1)
+
+
+def at_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / temperature``; at 1 the logits themselves, without a ``[..., V]`` copy."""
+    return logits if temperature == 1.0 else logits / temperature
 
 
 @torch.no_grad()

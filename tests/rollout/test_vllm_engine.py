@@ -25,7 +25,14 @@ def weights():
 @pytest.fixture(scope="module")
 def engine():
     return VLLMEngine(
-        "smollm2", dtype=torch.float32, device="cpu", seed=0, max_model_len=512, kv_cache_gb=0.25, timeout_s=120
+        "smollm2",
+        dtype=torch.float32,
+        device="cpu",
+        seed=0,
+        max_model_len=512,
+        kv_cache_gb=0.25,
+        block_size=32,  # the demo recipe's
+        timeout_s=120,
     )
 
 
@@ -42,6 +49,10 @@ def buckets(weights: dict[str, torch.Tensor], size: int) -> list[dict[str, torch
 def test_engine_refuses_to_serve_before_the_first_sync(engine, prompts):
     with pytest.raises(RuntimeError, match="no weights"):
         engine.generate(prompts, GREEDY)
+
+
+def test_the_block_size_reaches_vllm(engine):
+    assert engine.llm.llm_engine.vllm_config.cache_config.block_size == 32  # vLLM's CPU default is 128
 
 
 def test_push_a_then_b_then_a_restores_greedy_outputs_exactly(engine, prompts, weights):
