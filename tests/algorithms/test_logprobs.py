@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rlstack.algorithms import token_entropy, token_logprobs
+from rlstack.algorithms import at_temperature, token_entropy, token_logprobs
 
 
 def test_token_logprobs_golden_value():
@@ -20,3 +20,9 @@ def test_temperature_divides_logits():
 
 def test_entropy_of_uniform_logits_is_log_vocab():
     assert token_entropy(torch.zeros(1, 2, 8))[0].tolist() == pytest.approx([math.log(8)] * 2)
+
+
+def test_temperature_one_keeps_the_logits_without_a_copy():
+    logits = torch.randn(2, 3, 5)
+    assert at_temperature(logits, 1.0) is logits
+    assert torch.equal(at_temperature(logits, 2.0), logits / 2)
