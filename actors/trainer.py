@@ -112,12 +112,12 @@ class TrainerWorker:
         self.model.train()
         sums = torch.zeros(6, dtype=torch.float64, device=self.device)  # loss, tokens, clipped, entropy, kl, |dlogp|
         samples = list(batch.samples)
+        temperature = self.recipe.rollout.temperature
         rows = shared_prompt_rows(samples, self.recipe.trainer.micro_batch_tokens)
         for row in self._aligned(rows, [[padding_sample(samples[0])]]):
             data = collate_shared_prompt(row, self.tokenizer.pad_token_id)
             mask = data.response_mask.to(self.device)
             targets = data.token_ids.to(self.device)
-            temperature = self.recipe.rollout.temperature
             logits = at_temperature(shared_prompt_logits(self.model, data, self.device), temperature)
             logprobs = data.scatter(token_logprobs(logits, targets))  # [B, R]
             old = data.old_logprobs.to(self.device)
@@ -127,8 +127,8 @@ class TrainerWorker:
             kl = torch.zeros_like(token_loss)
             if self.reference is not None:
                 with torch.no_grad():
-                    ref_logits = at_temperature(shared_prompt_logits(self.reference, data, self.device), temperature)
-                    ref = data.scatter(token_logprobs(ref_logits, targets))
+                    ref_logits = shared_prompt_logits(self.reference, data, self.device)
+                    ref = data.scatter(token_logprobs(ref_logits, targets, temperature))
                 kl = kl_penalty(logprobs, ref, algo.kl_estimator)
                 token_loss = token_loss + algo.kl_coef * kl
             loss = aggregate(token_loss, mask, algo.loss_agg, batch.num_tokens, batch.num_seqs, batch.max_tokens)
@@ -292,8 +292,7 @@ class TrainerWorker:
         for group in self._aligned_micro_batches(samples):
             data = collate(group, self.tokenizer.pad_token_id)
             logits = padded_response_logits(self.model, data, self.device)
-            logits = at_temperature(logits, self.recipe.rollout.temperature)
-            logprobs = token_logprobs(logits, data.response_ids.to(self.device))
+            logprobs = token_logprobs(logits, data.response_ids.to(self.device), self.recipe.rollout.temperature)
             for sample, row in zip(group, logprobs.cpu(), strict=True):
                 if not sample.masked:
                     result[id(sample)] = row[: len(sample.completion.token_ids)].tolist()
