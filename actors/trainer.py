@@ -138,7 +138,7 @@ class TrainerWorker:
                     loss.detach().double(),
                     mask.sum().double(),
                     (clipped * mask).sum().double(),
-                    (data.scatter(token_entropy(logits)) * mask).sum().double(),
+                    (data.scatter(token_entropy(logits.detach())) * mask).sum().double(),
                     (kl.detach() * mask).sum().double(),
                     ((logprobs.detach() - old).abs() * mask).sum().double(),
                 ]
