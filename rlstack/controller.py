@@ -99,22 +99,22 @@ class Controller:
 
     def run(self) -> dict[str, Any]:
         start = time.time()
-        before = self.evaluate()
-        self.tracker.log(self.start_step, {**self.data.metrics(), **before})
+        before, seconds = self.timed_evaluation()
+        self.tracker.log(self.start_step, {**self.data.metrics(), **before, **seconds})
         after = before
         evaluated, checkpoint = self.start_step, None
         for step in range(self.start_step + 1, self.recipe.trainer.num_steps + 1):
             metrics = self.step(step)
             if self.recipe.eval.every_steps and step % self.recipe.eval.every_steps == 0:
-                after, evaluated = self.evaluate(), step
-                metrics.update(after)
+                (after, seconds), evaluated = self.timed_evaluation(), step
+                metrics.update({**after, **seconds})
             self.tracker.log(step, metrics)
             if self.recipe.checkpoint.every_steps and step % self.recipe.checkpoint.every_steps == 0:
                 checkpoint = save_checkpoint(self.trainer, self.recipe, self.run_dir, step, self.state(step))
         num_steps = self.recipe.trainer.num_steps
         if evaluated != num_steps:
-            after = self.evaluate()
-            self.tracker.log(num_steps, after)
+            after, seconds = self.timed_evaluation()
+            self.tracker.log(num_steps, {**after, **seconds})
         if self.recipe.checkpoint.at_end and checkpoint != checkpoint_dir(self.recipe, self.run_dir, num_steps):
             checkpoint = save_checkpoint(self.trainer, self.recipe, self.run_dir, num_steps, self.state(num_steps))
         self.tracker.close()
@@ -138,6 +138,13 @@ class Controller:
     def evaluate(self) -> dict[str, float]:
         """Held-out metrics, named ``eval/...``."""
         return self.task_accuracy()
+
+    def timed_evaluation(self) -> tuple[dict[str, float], dict[str, float]]:
+        """``evaluate()``'s metrics, and ``{"time/eval": seconds}`` when there were any."""
+        seconds: dict[str, float] = {}
+        with timed(seconds, "eval"):
+            metrics = self.evaluate()
+        return metrics, seconds if metrics else {}
 
     def state(self, step: int) -> dict[str, Any]:
         """What a checkpoint needs besides the trainer's own state, to continue exactly."""

@@ -42,6 +42,9 @@ def test_two_grpo_steps_update_trainer_and_engine_to_the_same_version(ray_cluste
     for key in ("time/generate", "time/reward", "time/train", "time/sync", "grad_norm", "entropy", "kl", "lr"):
         assert all(key in r for r in steps), key
     assert steps[0]["grad_norm"] > 0
+    evaluations = [r for r in records if "eval/greedy_accuracy" in r]
+    assert [r["step"] for r in evaluations] == [0, 2]
+    assert all(r["time/eval"] > 0 for r in evaluations)
     assert (tmp_path / "run/plot.png").stat().st_size > 0
     checkpoint = tmp_path / "run/checkpoints/step_2"
     for name in ("model.safetensors", "config.json", "tokenizer.json", "recipe.yaml", "trainer_state.pt"):
