@@ -44,6 +44,7 @@ bench:
 	$(PY) -m rlstack.cli bench reward; \
 	$(PY) -m rlstack.cli bench rollout; \
 	$(PY) -m rlstack.cli bench block-size; \
+	$(PY) -m rlstack.cli bench gemm; \
 	$(PY) -m rlstack.cli bench sync; \
 	$(PY) -m rlstack.cli bench sft; \
 	$(PY) -m rlstack.cli bench trainer; \
