@@ -75,11 +75,12 @@ class RolloutGroup:
         placement = recipe.placement
         self.timeout_s = recipe.rollout.timeout_s
         self.placement_groups: list[PlacementGroup] = []
-        bundles_per_worker = recipe.rollout.tensor_parallel_size if recipe.rollout.engine == "lmdeploy" else 1
+        lmdeploy_workers = recipe.rollout.engine == "lmdeploy" and recipe.rollout.lmdeploy_executor == "ray"
+        bundles_per_worker = recipe.rollout.tensor_parallel_size if lmdeploy_workers else 1
         require_resources(
             "rollout_resources", placement.rollout_resources, placement.num_rollout_workers * bundles_per_worker
         )
-        if recipe.rollout.engine == "lmdeploy":
+        if lmdeploy_workers:
             self.workers: list[Any] = [self._lmdeploy_worker(recipe) for _ in range(placement.num_rollout_workers)]
         else:
             actor = ray.remote(RolloutWorker).options(
@@ -99,7 +100,8 @@ class RolloutGroup:
 
     def _lmdeploy_worker(self, recipe: Recipe) -> Any:
         """An actor in a placement group of ``tensor_parallel_size`` GPU bundles, where LMDeploy's Ray executor
-        places its workers; the actor itself only drives the pipeline."""
+        places its workers; the actor itself only drives the pipeline. (With the ``uni`` executor the engine
+        runs in a plain actor that holds the GPU share itself.)"""
         placement = recipe.placement
         bundle = {"GPU": placement.rollout_gpus, "CPU": placement.rollout_cpus, **placement.rollout_resources}
         bundles = [bundle] * recipe.rollout.tensor_parallel_size

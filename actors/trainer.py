@@ -19,6 +19,7 @@ from rlstack.algorithms import aggregate, at_temperature, clipped_surrogate, kl_
 from rlstack.algorithms.dpo import comparable_logprobs, dpo_loss
 from rlstack.algorithms.sft import sft_loss
 from rlstack.checkpoint import readable, writable
+from rlstack.colocation import GpuMemory
 from rlstack.config import Recipe
 from rlstack.data.batching import (
     collate,
@@ -48,6 +49,7 @@ class TrainerWorker:
         self.world_size = world_size
         self.device = torch.device(recipe.placement.device)
         self.sent_buckets: list[torch.Tensor] = []  # flat GPU buckets behind the last cuda_ipc sync
+        self.update_peak_gib: float | None = None  # the most allocated during the last update, on a GPU
         torch.set_num_threads(recipe.placement.num_threads or os.cpu_count() or 1)
 
     def rendezvous_address(self) -> tuple[str, int]:
@@ -90,16 +92,28 @@ class TrainerWorker:
 
     def _optimizer_step(self) -> dict[str, float]:
         """Clip the gradients, step AdamW and the LR schedule; returns ``grad_norm``, the ``lr`` used and, on a
-        GPU, ``memory/peak_gib``: the most memory this rank allocated since the last step. Colocated with a
-        sleeping engine, the allocator's cache is emptied, so the engine wakes into the memory training used."""
+        GPU, ``memory/peak_gib``: the most memory this rank allocated since the last step."""
         self.num_optimizer_steps += 1
         metrics = self.backend.step()
         if self.device.type == "cuda":
-            metrics["memory/peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            metrics["memory/peak_gib"] = self.update_peak_gib = torch.cuda.max_memory_allocated() / 2**30
             torch.cuda.reset_peak_memory_stats()
-            if self.recipe.rollout.sleep_while_training:
-                torch.cuda.empty_cache()  # the cached activation blocks go back to the GPU for the waking engine
         return metrics
+
+    def free_cached_memory(self) -> None:
+        """Give the allocator's unused blocks back to the GPU, so that a sleeping engine wakes into them."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def gpu_memory(self) -> GpuMemory | None:
+        """This rank's GPU memory between updates; ``None`` before the first update or off the GPU."""
+        if self.update_peak_gib is None:
+            return None
+        free, _ = torch.cuda.mem_get_info()
+        return GpuMemory(
+            free / 2**30, torch.cuda.memory_allocated() / 2**30, torch.cuda.memory_reserved() / 2**30,
+            self.update_peak_gib,
+        )  # fmt: skip
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         """One optimizer step of the PPO-clip surrogate over this rank's samples.
@@ -442,6 +456,13 @@ class TrainerGroup:
 
     def release_buckets(self) -> None:
         ray.get([w.release_buckets.remote() for w in self.workers])
+
+    def free_cached_memory(self) -> None:
+        ray.get([w.free_cached_memory.remote() for w in self.workers])
+
+    def gpu_memory(self) -> list[GpuMemory | None]:
+        """Each rank's GPU memory between updates (``None`` before the first update or off the GPU)."""
+        return ray.get([w.gpu_memory.remote() for w in self.workers])
 
     def weight_group_address(self) -> tuple[str, int]:
         """Host and a free port on rank 0's node, for the broadcast group's store."""

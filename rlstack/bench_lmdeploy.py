@@ -61,7 +61,7 @@ def generation(root: Path, rounds: int) -> dict[str, object]:
     """The raw pipeline first, closed before the RolloutGroup starts: each Ray executor takes its own GPU share."""
     from lmdeploy import PytorchEngineConfig, pipeline
 
-    from rollout.lmdeploy_engine import generation_config
+    from rollout.lmdeploy_engine import generation_config, sample_seeds
 
     path, _ = weights_dir("smollm2-135m", root)
     tokenizer = models.load_tokenizer(path)
@@ -75,7 +75,7 @@ def generation(root: Path, rounds: int) -> dict[str, object]:
     )
     raw = pipeline(path, backend_config=config, log_level="ERROR")
     texts = [tokenizer.decode(p) for p in prompts for _ in range(params.n)]
-    raw_config = generation_config(params)
+    raw_config = [generation_config(params, seed) for seed in sample_seeds(params.seed, len(texts))]
     raw_tok_s = measure(
         lambda: sum(len(r.token_ids) for r in raw.infer(texts, gen_config=raw_config, do_preprocess=False)), rounds
     )

