@@ -11,6 +11,7 @@ Commands:
   rlstack bench block-size                    vLLM rollouts with its default KV block size against the recipe's
   rlstack bench dtype                         float32 against bfloat16 matmuls on this CPU, and what ``auto`` picks
   rlstack bench gemm                          a decode step's matmuls: vLLM's oneDNN kernel against torch's
+  rlstack bench gpu-grpo                      GRPO with the real SmolLM2 on one GPU, step time against TRL's
   rlstack bench lmdeploy                      LMDeploy on one GPU: generation, weight sync, colocated GRPO
   rlstack bench prompt-sharing                GRPO forward and backward: padded against shared-prompt rows
   rlstack bench reward                        reward-pool throughput and the cost of a hung call
@@ -35,6 +36,7 @@ COMMANDS = {
     ("bench", "block-size"): "rlstack.bench_block_size",
     ("bench", "dtype"): "rlstack.bench_dtype",
     ("bench", "gemm"): "rlstack.bench_gemm",
+    ("bench", "gpu-grpo"): "rlstack.bench_gpu_grpo",
     ("bench", "lmdeploy"): "rlstack.bench_lmdeploy",
     ("bench", "prompt-sharing"): "rlstack.bench_prompt_sharing",
     ("bench", "reward"): "rlstack.bench_reward",

@@ -23,7 +23,7 @@ def shared_prompt_logits(model: torch.nn.Module, row: SharedPromptRow, device: t
     out = model(
         input_ids=row.input_ids.to(device),
         position_ids=row.position_ids.to(device),
-        attention_mask=row.attention_mask.to(device),
+        attention_mask=row.attention_mask(device),
         logits_to_keep=row.logit_positions.to(device),
         use_cache=False,
     )

@@ -10,7 +10,8 @@ at its last token predicts the first token of every response.
 
 Several trees share a ``[1, L]`` row under the micro-batch token budget (first-fit
 decreasing, ``rlstack.data.packing.pack``). The row must run with its ``[1, 1, L, L]``
-boolean mask and ``attn_implementation="sdpa"`` (see ``rlstack.data.packing``).
+boolean mask and ``attn_implementation="sdpa"`` (see ``rlstack.data.packing``); the mask
+is built where the model runs, from two ``[L]`` vectors.
 """
 
 from dataclasses import dataclass
@@ -30,8 +31,10 @@ class SharedPromptRow:
     """``[1, L]`` each tree's prompt, then its responses."""
     position_ids: torch.Tensor
     """``[1, L]`` from 0 in each prompt; every response continues from its prompt's end."""
-    attention_mask: torch.Tensor
-    """``[1, 1, L, L]`` bool: a token sees its tree's prompt and the earlier tokens of its own response."""
+    tree_ids: torch.Tensor
+    """``[L]`` the tree (``0 ..``) of each row token."""
+    branch_ids: torch.Tensor
+    """``[L]`` the sample (``0 .. B-1``) of each response token, -1 on prompt tokens."""
     logit_positions: torch.Tensor
     """``[N]`` for each of the ``N`` response tokens, the row position whose logits predict it."""
     token_rows: torch.Tensor
@@ -46,6 +49,15 @@ class SharedPromptRow:
     """``[B, R]`` engine logprobs of the response tokens."""
     advantages: torch.Tensor
     """``[B]``."""
+
+    def attention_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``[1, 1, L, L]`` bool, built on ``device`` (``L^2`` of it: on a GPU, building it there saves the
+        host the work and the copy): a token sees its tree's prompt and the earlier tokens of its own response."""
+        trees, branches = self.tree_ids.to(device), self.branch_ids.to(device)
+        same_tree = trees.unsqueeze(-1) == trees.unsqueeze(-2)  # [q, k]
+        seen_branch = (branches.unsqueeze(0) == -1) | (branches.unsqueeze(-1) == branches.unsqueeze(-2))  # [q, k]
+        causal = torch.ones(len(trees), len(trees), dtype=torch.bool, device=device).tril()
+        return (same_tree & seen_branch & causal)[None, None]
 
     @property
     def token_ids(self) -> torch.Tensor:
@@ -112,14 +124,11 @@ def collate_shared_prompt(row: list[list[Sample]], pad_id: int) -> SharedPromptR
             tree_of += [t] * len(response)
             branch += [b] * len(response)
             b += 1
-    trees_, branches = torch.tensor(tree_of), torch.tensor(branch)
-    same_tree = trees_.unsqueeze(-1) == trees_.unsqueeze(-2)  # [q, k]
-    seen_branch = (branches.unsqueeze(0) == -1) | (branches.unsqueeze(-1) == branches.unsqueeze(-2))  # [q, k]
-    causal = torch.ones(len(ids), len(ids), dtype=torch.bool).tril()
     return SharedPromptRow(
         input_ids=torch.tensor([ids]),
         position_ids=torch.tensor([positions]),
-        attention_mask=(same_tree & seen_branch & causal)[None, None],
+        tree_ids=torch.tensor(tree_of),
+        branch_ids=torch.tensor(branch),
         logit_positions=torch.tensor(logit_positions),
         token_rows=torch.tensor(token_rows),
         token_cols=torch.tensor(token_cols),

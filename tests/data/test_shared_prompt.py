@@ -17,8 +17,8 @@ def test_row_layout_positions_mask_and_logit_positions():
     data = collate_shared_prompt(row, pad_id=0)
     assert data.input_ids.tolist() == [[1, 2, 5, 6, 7, 3, 8, 9]]
     assert data.position_ids.tolist() == [[0, 1, 2, 3, 2, 0, 1, 2]]
-    assert data.attention_mask.shape == (1, 1, 8, 8)
-    assert data.attention_mask[0, 0].int().tolist() == [
+    assert data.attention_mask().shape == (1, 1, 8, 8)
+    assert data.attention_mask()[0, 0].int().tolist() == [
         [1, 0, 0, 0, 0, 0, 0, 0],  # prompt 0
         [1, 1, 0, 0, 0, 0, 0, 0],
         [1, 1, 1, 0, 0, 0, 0, 0],  # response (5, 6) sees prompt 0 and itself
@@ -88,7 +88,7 @@ def test_shared_prompt_rows_give_the_padded_layouts_logprobs_and_gradients(tiny_
     logits = model(
         input_ids=shared.input_ids,
         position_ids=shared.position_ids,
-        attention_mask=shared.attention_mask,
+        attention_mask=shared.attention_mask(),
         logits_to_keep=shared.logit_positions,
     ).logits[0]
     got, grads = loss_and_grads(

@@ -214,13 +214,15 @@ def test_greedy_requests_do_not_sample(engine):
 
 def test_the_uni_executor_loads_tensors_in_process_and_ipc_handles_through_its_model_agent(fake_lmdeploy, monkeypatch):
     engine = LMDeployEngine("random:tiny", torch.bfloat16, timeout_s=10, executor="uni")
-    path, config = fake_lmdeploy[-1]
+    _, config = fake_lmdeploy[-1]
     assert (config["distributed_executor_backend"], config["empty_init"]) == ("uni", False)
     agent_requests, loaded = [], []
     engine.engine.engine.executor = types.SimpleNamespace(
         model_agent=types.SimpleNamespace(update_params=agent_requests.append)
     )
-    monkeypatch.setattr(engine, "_load_in_process", lambda tensors, finished: loaded.append((sorted(tensors), finished)))
+    monkeypatch.setattr(
+        engine, "_load_in_process", lambda tensors, finished: loaded.append((sorted(tensors), finished))
+    )
     engine.load_weights(1, [{"a": torch.ones(1)}, "ipc-handles"])
     assert loaded == [(["a"], False)]
     assert [(r["serialized_named_tensors"], r["finished"]) for r in agent_requests] == [("ipc-handles", True)]
