@@ -1,8 +1,9 @@
 """``make demo``: the embedded GRPO recipe submitted to a local Ray head with ``ray job submit``.
 
-Starts a Ray head, submits the recipe and streams its logs, stops Ray, and prints one
-last line ``{"summary": {...}}`` with held-out accuracy before and after, steps, wall
-time, peak memory of the whole run and the run directory.
+Starts a Ray head and waits until its job agent takes submissions, submits the recipe and
+streams its logs, stops Ray, and prints one last line ``{"summary": {...}}`` with held-out
+accuracy before and after, steps, wall time, peak memory of the whole run and the run
+directory.
 """
 
 import argparse
@@ -33,10 +34,30 @@ def cluster_env() -> dict[str, str]:
 RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]
 
 
-def start_head(env: dict[str, str], *args: str) -> None:
-    """``ray start --head`` with token authentication; creates ``~/.ray/auth_token`` on a fresh machine."""
+HEAD_READY_TIMEOUT_S = 120.0
+"""How long ``start_head`` waits for the new head's job agent."""
+
+
+def launch_head(env: dict[str, str], *args: str) -> None:
+    """``ray start --head`` with token authentication; creates ``~/.ray/auth_token`` on a fresh machine.
+
+    It returns before the head's job agent may take submissions; ``start_head`` waits for that too.
+    """
     subprocess.run([*RAY_CLI, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
     subprocess.run([*RAY_CLI, "start", "--head", *args], env=env, check=True)
+
+
+def start_head(env: dict[str, str], *args: str) -> str:
+    """``launch_head``, then wait until its job agent takes submissions; returns the dashboard's URL.
+
+    The dashboard port is ``--dashboard-port=`` among ``args``, else Ray's default 8265.
+    """
+    launch_head(env, *args)
+    port = next((a.removeprefix("--dashboard-port=") for a in args if a.startswith("--dashboard-port=")), None)
+    address = f"http://127.0.0.1:{port or DASHBOARD_PORT}"
+    # in a child with ``env``: Ray reads its authentication mode once per process
+    subprocess.run([sys.executable, "-m", "rlstack.api.jobs", address, str(HEAD_READY_TIMEOUT_S)], env=env, check=True)
+    return address
 
 
 def run_demo(recipe: str, overrides: list[str], run_root: Path, setup_s: float) -> dict:
@@ -48,11 +69,11 @@ def run_demo(recipe: str, overrides: list[str], run_root: Path, setup_s: float) 
     env = cluster_env()
     with PeakMemory() as memory:
         begin = time.perf_counter()
-        start_head(
-            env, f"--num-cpus={os.cpu_count()}", f"--object-store-memory={LOCAL_OBJECT_STORE_BYTES}",
-            "--include-dashboard=true", f"--dashboard-port={DASHBOARD_PORT}",
-        )  # fmt: skip
         try:
+            start_head(
+                env, f"--num-cpus={os.cpu_count()}", f"--object-store-memory={LOCAL_OBJECT_STORE_BYTES}",
+                "--include-dashboard=true", f"--dashboard-port={DASHBOARD_PORT}",
+            )  # fmt: skip
             job = subprocess.run(
                 [*RAY_CLI, "job", "submit", f"--address=http://127.0.0.1:{DASHBOARD_PORT}", "--working-dir", ".",
                  "--", "python", "-m", "rlstack.train", recipe, f"tracking.run_root={run_root.resolve()}",

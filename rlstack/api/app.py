@@ -3,9 +3,10 @@
 import asyncio
 import json
 import secrets
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from sse_starlette.sse import EventSourceResponse
 
 from rlstack.api.cache import ResponseCache
-from rlstack.api.jobs import ROOT, Jobs
+from rlstack.api.jobs import ROOT, Jobs, RayUnavailable
 from rlstack.api.middleware import BodyLimit, RequestMetrics
 from rlstack.api.schemas import (
     AdoptRequest,
@@ -45,6 +46,8 @@ RECIPES = ROOT / "recipes"
 PAGE = Path(__file__).parent / "static" / "index.html"
 SWAGGER_FILES = Path(swagger_ui.__file__).parent / "static"
 EVENT_POLL_S = 0.2
+RETRY_AFTER_S = 2
+"""The ``Retry-After`` of a 503 while Ray is not ready."""
 MetricPoints = TypeAdapter(list[MetricPoint])
 
 
@@ -64,6 +67,10 @@ class Settings:
     """Larger request bodies get 413."""
     reconcile_s: float = 2.0
     """How often run status is reconciled with Ray and adopted runs' files are read."""
+    ready_timeout_s: float = 120.0
+    """How long the service waits at start-up for Ray's job agent to take submissions."""
+    submit_timeout_s: float = 60.0
+    """How long a submission that Ray refuses for now is retried before the client gets 503."""
 
 
 def recipe_errors(exc: ValidationError) -> list[dict[str, Any]]:
@@ -98,9 +105,20 @@ def read_jsonl(run_dir: str) -> list[tuple[int, dict[str, Any]]]:
     return records
 
 
-def create_app(settings: Settings, jobs: Jobs | None = None) -> FastAPI:
+def unavailable(detail: str) -> HTTPException:
+    return HTTPException(503, detail, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def create_app(
+    settings: Settings, jobs: Jobs | None = None, on_ready_timeout: Callable[[RayUnavailable], None] | None = None
+) -> FastAPI:
+    """The service; until Ray's job agent takes submissions, ``/health`` and every route that needs Ray answer 503.
+
+    ``on_ready_timeout`` is called if that has not happened within ``settings.ready_timeout_s``.
+    """
     store = Store(settings.db_url)
     jobs = jobs or Jobs(settings.ray_address)
+    ready = asyncio.Event()
     registry = CollectorRegistry()
     requests = Counter("rlstack_http_requests", "HTTP requests", ["method", "route", "code"], registry=registry)
     latency = Histogram("rlstack_http_seconds", "HTTP request latency", ["method", "route"], registry=registry)
@@ -126,9 +144,31 @@ def create_app(settings: Settings, jobs: Jobs | None = None) -> FastAPI:
                 print(f"rlstack serve: reconcile failed: {exc!r}", flush=True)
             await asyncio.sleep(settings.reconcile_s)
 
+    def say(line: str) -> None:
+        print(f"rlstack serve: {line}", flush=True)
+
+    async def start() -> None:
+        """Wait for Ray's job agent, then reconcile forever."""
+        begin = time.perf_counter()
+        try:
+            await asyncio.to_thread(jobs.wait_until_ready, settings.ready_timeout_s, say)
+        except RayUnavailable as exc:
+            print(
+                f"rlstack serve: error: Ray's job agent at {jobs.address} took no submission within "
+                f"{settings.ready_timeout_s:g} s: {exc}",
+                file=sys.stderr,
+                flush=True,
+            )
+            if on_ready_timeout is not None:
+                on_ready_timeout(exc)
+            return
+        say(f"ready: Ray's job agent at {jobs.address} takes submissions ({time.perf_counter() - begin:.1f} s)")
+        ready.set()
+        await reconcile_forever()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(reconcile_forever())
+        task = asyncio.create_task(start())
         yield
         task.cancel()
 
@@ -158,6 +198,12 @@ def create_app(settings: Settings, jobs: Jobs | None = None) -> FastAPI:
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     auth = [Depends(authorized)]
+
+    async def ray_ready() -> None:
+        if not ready.is_set():
+            raise unavailable(f"the service is starting: waiting for Ray's job agent at {jobs.address}")
+
+    auth_ray = [*auth, Depends(ray_ready)]
 
     cache = ResponseCache()
 
@@ -190,10 +236,12 @@ def create_app(settings: Settings, jobs: Jobs | None = None) -> FastAPI:
     def docs_file(name: Literal["swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"]) -> FileResponse:
         return FileResponse(SWAGGER_FILES / name)
 
-    @app.get("/health")
-    def health() -> dict[str, str]:
-        """Liveness; needs no token."""
-        return {"status": "ok"}
+    @app.get("/health", responses={503: {"description": "Starting: Ray's job agent takes no submissions yet"}})
+    def health() -> JSONResponse:
+        """``ready`` once Ray's job agent takes submissions, ``starting`` (503) before; needs no token."""
+        if ready.is_set():
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "starting"}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.get("/metrics", dependencies=auth, response_class=PlainTextResponse)
     def prometheus() -> Response:
@@ -212,7 +260,12 @@ def create_app(settings: Settings, jobs: Jobs | None = None) -> FastAPI:
             result.append(RecipeInfo(name=path.stem, path=str(path.relative_to(ROOT)), description=" ".join(comment)))
         return result
 
-    @app.post("/v1/runs", dependencies=auth, status_code=201, responses={422: {"description": "Invalid recipe"}})
+    @app.post(
+        "/v1/runs",
+        dependencies=auth_ray,
+        status_code=201,
+        responses={422: {"description": "Invalid recipe"}, 503: {"description": "Ray refused the job for now"}},
+    )
     def submit(request: RunRequest) -> RunCreated:
         """Validate a recipe and start it as a Ray job; the run outlives a restart of the service."""
         if (request.recipe is None) == (request.recipe_name is None):
@@ -241,8 +294,10 @@ def create_app(settings: Settings, jobs: Jobs | None = None) -> FastAPI:
         report_token = secrets.token_urlsafe(24)
         env = {ENV_URL: settings.public_url, ENV_TOKEN: report_token, ENV_RUN: run_id}
         try:
-            job_id = jobs.submit(run_id, recipe.model_dump(mode="json"), env)
-        except (RuntimeError, ConnectionError) as exc:
+            job_id = jobs.submit(run_id, recipe.model_dump(mode="json"), env, settings.submit_timeout_s)
+        except RayUnavailable as exc:
+            raise unavailable(f"Ray did not take the job within {settings.submit_timeout_s:g} s: {exc}") from None
+        except RuntimeError as exc:
             raise HTTPException(503, f"Ray did not take the job: {exc}") from None
         store.add_run(
             RunRecord(
@@ -253,7 +308,7 @@ def create_app(settings: Settings, jobs: Jobs | None = None) -> FastAPI:
         )  # fmt: skip
         return RunCreated(id=run_id, status="pending")
 
-    @app.post("/v1/runs/adopt", dependencies=auth, status_code=201)
+    @app.post("/v1/runs/adopt", dependencies=auth_ray, status_code=201)
     def adopt(request: AdoptRequest) -> RunCreated:
         """Track a run started with plain ``ray job submit``, reading its run directory's ``metrics.jsonl``."""
         recipe_file = Path(request.run_dir) / "recipe.yaml"
@@ -339,7 +394,7 @@ def create_app(settings: Settings, jobs: Jobs | None = None) -> FastAPI:
 
         return EventSourceResponse(stream())
 
-    @app.get("/v1/runs/{run_id}/logs", dependencies=auth, response_class=PlainTextResponse)
+    @app.get("/v1/runs/{run_id}/logs", dependencies=auth_ray, response_class=PlainTextResponse)
     def logs(run_id: str, follow: bool = False) -> Response:
         """The Ray job's logs; ``follow=true`` streams them until the job ends."""
         run = known(run_id)
@@ -347,7 +402,7 @@ def create_app(settings: Settings, jobs: Jobs | None = None) -> FastAPI:
             return StreamingResponse(jobs.follow(run.job_id), media_type="text/plain")
         return PlainTextResponse(jobs.logs(run.job_id))
 
-    @app.post("/v1/runs/{run_id}/cancel", dependencies=auth, status_code=202, response_model=RunView)
+    @app.post("/v1/runs/{run_id}/cancel", dependencies=auth_ray, status_code=202, response_model=RunView)
     def cancel(run_id: str) -> Response:
         """Ask Ray to stop the run's job; idempotent, and a no-op on an ended run."""
         run = known(run_id)

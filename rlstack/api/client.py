@@ -2,18 +2,25 @@
 
 The service is ``--url`` (or ``RLSTACK_URL``, default ``http://127.0.0.1:8000``); the token
 is ``--token`` (or ``RLSTACK_SERVICE_TOKEN``), else the file ``rlstack serve`` wrote.
+``submit`` waits out a 503 with ``Retry-After`` (a service still starting, or a Ray that
+refuses for now) for up to ``--retry-for`` seconds.
 """
 
 import argparse
 import json
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import yaml
 
 from rlstack.api.serve import STATE_DIR
+
+SUBMIT_READ_TIMEOUT_S = 120.0
+"""Above the service's default ``--submit-timeout`` (60 s), for which it may hold a submission."""
 
 
 def client(args: argparse.Namespace) -> httpx.Client:
@@ -24,13 +31,30 @@ def client(args: argparse.Namespace) -> httpx.Client:
     return httpx.Client(base_url=args.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
 
-def submit(http: httpx.Client, args: argparse.Namespace) -> httpx.Response:
-    """A recipe file is sent as JSON; a bare name is a shipped recipe."""
+def submit(
+    http: httpx.Client,
+    args: argparse.Namespace,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> httpx.Response:
+    """A recipe file is sent as JSON; a bare name is a shipped recipe.
+
+    A 503 with ``Retry-After`` is tried again after that many seconds, while that stays
+    within ``args.retry_for`` seconds of the first try.
+    """
     if Path(args.recipe).is_file():
         body = {"recipe": yaml.safe_load(Path(args.recipe).read_text()), "overrides": args.overrides}
     else:
         body = {"recipe_name": args.recipe, "overrides": args.overrides}
-    return http.post("/v1/runs", json=body)
+    deadline = clock() + args.retry_for
+    while True:
+        response = http.post("/v1/runs", json=body, timeout=httpx.Timeout(30, read=SUBMIT_READ_TIMEOUT_S))
+        retry_after = response.headers.get("Retry-After")
+        if response.status_code != 503 or retry_after is None or clock() + int(retry_after) > deadline:
+            return response
+        detail = response.json().get("detail", response.text)
+        print(f"rlstack runs: {detail}; trying again in {retry_after} s", file=sys.stderr, flush=True)
+        sleep(int(retry_after))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     submitting = commands.add_parser("submit", help="start a run from a recipe file or a shipped recipe's name")
     submitting.add_argument("recipe")
     submitting.add_argument("overrides", nargs="*")
+    submitting.add_argument(
+        "--retry-for", type=float, default=180.0, help="seconds to keep trying while the service answers 503 (180)"
+    )
     listing = commands.add_parser("list", help="runs, newest first")
     listing.add_argument("--status", choices=["pending", "running", "succeeded", "failed", "stopped"])
     listing.add_argument("--limit", type=int, default=50)

@@ -1,5 +1,10 @@
 """``rlstack serve``: the HTTP run service, on a local Ray (started if none runs) or one given by address.
 
+The service listens at once; until Ray's job agent takes submissions (``--ready-timeout``),
+``/health`` answers ``starting`` with 503, as do the routes that need Ray, and the service
+exits with code 1 if that takes longer. A submission that Ray refuses for now is retried
+for ``--submit-timeout`` before the client gets 503 with ``Retry-After``.
+
 The OpenAPI docs are at ``/docs``. Every route but ``/health`` needs the bearer token:
 the one passed with ``--token`` (or ``RLSTACK_SERVICE_TOKEN``), else one generated on
 first start and kept in ``--token-file`` with mode 0600. Binding to an address other
@@ -38,10 +43,13 @@ def stored_token(path: Path) -> str:
 
 
 def dashboard_address(requested: str | None) -> str:
-    """The requested Ray dashboard, or the local one, starting a Ray head that outlives the service if needed."""
+    """The requested Ray dashboard, or the local one, starting a Ray head that outlives the service if needed.
+
+    A head started here is not waited for: the service waits for its job agent itself.
+    """
     from ray.job_submission import JobSubmissionClient
 
-    from rlstack.demo import cluster_env, start_head
+    from rlstack.demo import cluster_env, launch_head
     from rlstack.train import LOCAL_OBJECT_STORE_BYTES
 
     if requested:
@@ -51,7 +59,7 @@ def dashboard_address(requested: str | None) -> str:
         return DEFAULT_DASHBOARD
     except (ConnectionError, RuntimeError):
         print("rlstack serve: no Ray at 127.0.0.1:8265; starting a local head (stop it with `ray stop`)", flush=True)
-        start_head(cluster_env(), "--include-dashboard=true", f"--object-store-memory={LOCAL_OBJECT_STORE_BYTES}")
+        launch_head(cluster_env(), "--include-dashboard=true", f"--object-store-memory={LOCAL_OBJECT_STORE_BYTES}")
         return DEFAULT_DASHBOARD
 
 
@@ -65,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", default=os.environ.get("RLSTACK_SERVICE_TOKEN"), help="the bearer token")
     parser.add_argument("--token-file", type=Path, default=STATE_DIR / "service_token")
     parser.add_argument("--public-url", help="how jobs reach the service (default: http://<host>:<port>)")
+    parser.add_argument(
+        "--ready-timeout", type=float, default=120.0, help="seconds to wait at start-up for Ray's job agent (120)"
+    )
+    parser.add_argument(
+        "--submit-timeout", type=float, default=60.0, help="seconds to retry a submission Ray refuses for now (60)"
+    )
     args = parser.parse_args(argv)
     if not is_loopback(args.host) and not args.token:
         print(f"rlstack serve: error: binding to {args.host} needs --token or RLSTACK_SERVICE_TOKEN", file=sys.stderr)
@@ -85,11 +99,21 @@ def main(argv: list[str] | None = None) -> int:
         ray_address=dashboard_address(args.ray_address),
         runs_dir=args.runs_dir,
         public_url=args.public_url or f"http://{reachable}:{args.port}",
+        ready_timeout_s=args.ready_timeout,
+        submit_timeout_s=args.submit_timeout,
     )
+    gave_up: list[Exception] = []
+
+    def stop(exc: Exception) -> None:
+        gave_up.append(exc)
+        server.should_exit = True
+
+    app = create_app(settings, on_ready_timeout=stop)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
     where = "the environment" if args.token else args.token_file
     print(f"rlstack serve: http://{args.host}:{args.port}/docs  (bearer token in {where})", flush=True)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
-    return 0
+    server.run()
+    return 1 if gave_up else 0
 
 
 if __name__ == "__main__":

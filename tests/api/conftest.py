@@ -22,30 +22,48 @@ def free_port() -> int:
 
 
 class Service:
-    """``rlstack serve`` as a subprocess that can be stopped and started again on the same database."""
+    """``rlstack serve`` as a subprocess that can be stopped and started again on the same database.
 
-    def __init__(self, root: Path, state: Path):
-        self.root, self.state = root, state
+    With ``ray_address=None`` it is not told where Ray is, so it starts a head of its own
+    on Ray's default ports when none runs there.
+    """
+
+    def __init__(self, root: Path, state: Path, ray_address: str | None = f"http://127.0.0.1:{DASHBOARD}"):
+        self.root, self.state, self.ray_address = root, state, ray_address
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    @property
+    def log(self) -> str:
+        return (self.state / "service.log").read_text()
+
+    def launch(self) -> None:
+        """Start the process, and return at once."""
         command = [
             sys.executable, "-m", "rlstack.api.serve", "--port", str(self.port), "--token", TOKEN,
-            "--ray-address", f"http://127.0.0.1:{DASHBOARD}", "--db", f"sqlite:///{self.state}/service.db",
-            "--runs-dir", str(self.state / "runs"),
+            "--db", f"sqlite:///{self.state}/service.db", "--runs-dir", str(self.state / "runs"),
+            *(["--ray-address", self.ray_address] if self.ray_address else []),
         ]  # fmt: skip
         log = (self.state / "service.log").open("a")
         self.process = subprocess.Popen(command, cwd=self.root, env=cluster_env(), stdout=log, stderr=log)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health").status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.3)
-        raise RuntimeError((self.state / "service.log").read_text()[-3000:])
+
+    def health(self) -> int | None:
+        """The status code of ``/health``, or None while nothing listens."""
+        try:
+            return httpx.get(f"{self.url}/health").status_code
+        except httpx.TransportError:
+            return None
+
+    def start(self, timeout_s: float = 120) -> None:
+        """Launch, and return once ``/health`` says ready."""
+        self.launch()
+        deadline = time.time() + timeout_s
+        while self.health() != 200:
+            assert self.process is not None
+            if self.process.poll() is not None or time.time() > deadline:
+                raise RuntimeError(self.log[-3000:])
+            time.sleep(0.3)
 
     def stop(self) -> None:
         assert self.process is not None

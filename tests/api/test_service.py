@@ -27,7 +27,7 @@ def sse(client: httpx.Client, path: str) -> list[tuple[str, dict]]:
 
 
 def test_health_needs_no_token_and_everything_else_does(service):
-    assert httpx.get(f"{service.url}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{service.url}/health").json() == {"status": "ready"}
     for path in ("/v1/runs", "/v1/recipes", "/metrics", "/", "/docs", "/openapi.json"):
         assert httpx.get(f"{service.url}{path}").status_code == 401, path
         assert service.client("wrong-token").get(path).status_code == 401, path
