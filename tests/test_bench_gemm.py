@@ -1,4 +1,4 @@
-from rlstack.bench_gemm import decode_matmuls
+from rlstack.bench.gemm import decode_matmuls
 
 
 def test_decode_matmuls_follow_the_embedded_model_config():

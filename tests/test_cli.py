@@ -81,3 +81,20 @@ def test_data_inspect_shows_counts_lengths_a_prompt_and_the_reward_fields():
     assert "rows: 1000 read, 1000 kept, 0 longer than data.max_prompt_tokens=1024" in result.stdout
     assert "prompt tokens: p50 " in result.stdout and "<|im_start|>user\nWhat is " in result.stdout
     assert "  answer = '" in result.stdout and "  data_source = 'synthetic/addition'" in result.stdout
+
+
+def test_help_lists_each_bench_module_under_its_name_with_its_docstring_first_line():
+    result = subprocess.run(
+        [sys.executable, "-m", "rlstack.cli", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    lines = result.stderr.splitlines()
+    assert "  rlstack demo [--setup-seconds S]            the embedded GRPO recipe via ray job submit" in lines
+    assert (
+        "  rlstack bench gpu-grpo                      GRPO with the real SmolLM2 on one GPU, step time against TRL's"
+        in lines
+    )
+    assert [line.split()[2] for line in lines if line.startswith("  rlstack bench ")] == [
+        "demo", "block-size", "dtype", "gemm", "gpu-grpo", "lmdeploy", "prompt-sharing", "reward", "rollout",
+        "service", "sft", "sync", "trainer",
+    ]  # fmt: skip

@@ -49,7 +49,7 @@ def dashboard_address(requested: str | None) -> str:
     """
     from ray.job_submission import JobSubmissionClient
 
-    from rlstack.demo import cluster_env, launch_head
+    from rlstack.ray_head import cluster_env, launch_head
     from rlstack.train import LOCAL_OBJECT_STORE_BYTES
 
     if requested:

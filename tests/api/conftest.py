@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rlstack.demo import RAY_CLI, cluster_env, start_head
+from rlstack.ray_head import RAY_CLI, cluster_env, start_head
 
 TOKEN = "test-token-0123456789"
 DASHBOARD = 8311

@@ -7,7 +7,7 @@ import sys
 import httpx
 import pytest
 
-from rlstack.demo import RAY_CLI
+from rlstack.ray_head import RAY_CLI
 from tests.api.conftest import DASHBOARD, TOKEN, tiny, wait_for
 
 pytestmark = pytest.mark.e2e

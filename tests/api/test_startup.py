@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from rlstack.demo import RAY_CLI, cluster_env
+from rlstack.ray_head import RAY_CLI, cluster_env
 from tests.api.conftest import TOKEN, Service, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -5,7 +5,7 @@ seeds FSDP2."""
 import pytest
 
 from actors.trainer import TrainerGroup
-from rlstack.bench_trainer import BACKENDS, three_steps
+from rlstack.bench.trainer import BACKENDS, three_steps
 from rlstack.cli import main as rlstack_main
 from rlstack.config import load_recipe
 from rlstack.controller import GRPOController

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from rlstack.demo import cluster_env, start_head
+from rlstack.ray_head import cluster_env, start_head
 
 pytestmark = pytest.mark.e2e
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rlstack.bench_trainer import BACKENDS, RECIPE, common_overrides, three_steps
+from rlstack.bench.trainer import BACKENDS, RECIPE, common_overrides, three_steps
 from rlstack.config import load_recipe
 
 pytestmark = [pytest.mark.gpu, pytest.mark.e2e]

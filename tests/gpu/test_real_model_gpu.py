@@ -9,7 +9,7 @@ both. The model comes to the GPU machine as ``../shared/device/README.md`` descr
 
 import pytest
 
-from rlstack.bench_gpu_grpo import run_engine
+from rlstack.bench.gpu_grpo import run_engine
 
 pytestmark = [pytest.mark.gpu, pytest.mark.e2e]
 

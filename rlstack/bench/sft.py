@@ -1,4 +1,4 @@
-"""``rlstack bench sft``: SFT trainer throughput with 1 and 2 FSDP2 ranks, and packing efficiency.
+"""SFT tokens/s with 1 and 2 FSDP2 ranks, and packing efficiency
 
 Throughput is real (unpadded) tokens per second of ``sft_step`` on the embedded SmolLM2,
 with the same total CPU threads for both rank counts, measured side by side in one run.
@@ -18,7 +18,7 @@ from pathlib import Path
 import ray
 
 from rlstack import models
-from rlstack.bench_result import record_result
+from rlstack.bench.result import record_result
 from rlstack.config import load_recipe
 from rlstack.data.batching import micro_batches, response_sample
 from rlstack.data.packing import collate_packed, pack, packing_efficiency
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "processed_efficiency>=0.95": figures["digits1_processed_efficiency"] >= 0.95,
         "budget_fill_2digit_set>=0.95": figures["digits2_budget_fill"] >= 0.95,
     }
-    record_result("sft", "rlstack bench sft", figures, targets_met, args.output)
+    record_result("sft", figures, targets_met, args.output)
     return 0
 
 

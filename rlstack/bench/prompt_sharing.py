@@ -1,5 +1,7 @@
-"""``rlstack bench prompt-sharing``: one GRPO batch's forward and backward through the embedded model, laid
-out padded (every sample with its own copy of the prompt) and as shared-prompt rows, side by side.
+"""GRPO forward and backward: padded against shared-prompt rows
+
+One GRPO batch's forward and backward through the embedded model, laid out padded (every sample with its own
+copy of the prompt) and as shared-prompt rows, side by side.
 
 The batch is the demo's: 16 of its prompts, 8 responses each, of lengths drawn uniformly
 from 1 to ``max_new_tokens`` (seeded), under the recipe's ``micro_batch_tokens``. Both
@@ -20,7 +22,7 @@ import torch
 
 from rlstack import models
 from rlstack.algorithms import token_logprobs
-from rlstack.bench_result import record_result
+from rlstack.bench.result import record_result
 from rlstack.config import load_recipe
 from rlstack.data.batching import Collated, collate, micro_batches
 from rlstack.data.chat import render_prompt
@@ -125,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     targets = {"same_loss": loss_gap < LOSS_BOUND[dtype], "shared_faster": median["shared"] < median["padded"]}
     record_result(
         "prompt_sharing",
-        " ".join(["rlstack bench prompt-sharing", *(sys.argv[1:] if argv is None else argv)]),
         figures,
         targets,
         args.output,

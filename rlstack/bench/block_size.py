@@ -1,5 +1,6 @@
-"""``rlstack bench block-size``: vLLM decoding the demo's rollouts with its default KV block size against the
-recipe's, side by side.
+"""vLLM rollouts with its default KV block size against the recipe's
+
+The demo's rollouts decoded by vLLM with its default KV block size and with the recipe's, side by side.
 
 Each block size gets its own engine in a child process (one vLLM per process); the
 engines take turns, one round each, so machine noise hits both alike. A round is one
@@ -17,7 +18,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from rlstack import models
-from rlstack.bench_result import record_result
+from rlstack.bench.result import record_result
 from rlstack.config import Recipe, load_recipe
 from rlstack.data.chat import render_prompt
 from rlstack.data.dataset import load_prompt_data
@@ -102,7 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     record_result(
         "block_size",
-        " ".join(["rlstack bench block-size", *(sys.argv[1:] if argv is None else argv)]),
         figures,
         {f"block_{chosen}_faster": tok_s[chosen] > tok_s[default]},
         args.output,

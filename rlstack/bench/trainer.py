@@ -1,4 +1,4 @@
-"""``rlstack bench trainer``: the trainer backends side by side: FSDP2 and DeepSpeed ZeRO 1, 2 and 3.
+"""FSDP2 against DeepSpeed ZeRO 1/2/3: step-1 losses, tokens/s, memory
 
 Every backend starts from the same random init and takes the same three steps on the
 same synthetic batches: GRPO (old logprobs are the policy's own), then SFT, then DPO
@@ -23,7 +23,7 @@ import ray
 import torch
 
 from actors.trainer import TrainerGroup
-from rlstack.bench_result import record_result
+from rlstack.bench.result import record_result
 from rlstack.config import Recipe, load_recipe
 from rlstack.data.batching import by_rank, shard
 from rlstack.data.packing import SFTExample
@@ -222,7 +222,6 @@ def main(argv: list[str] | None = None) -> int:
         fitted = {b: figures[f"fit_{b}_largest"] for b in args.backends}
         record_result(
             "trainer_fit",
-            "rlstack bench trainer --fit",
             figures,
             {"every_backend_fits_one": all(fitted.values())},
             output,
@@ -257,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     figures["max_relative_loss_difference"] = worst
     targets = {"losses_agree_within_2%": worst <= 0.02}
-    record_result("trainer", "rlstack bench trainer", figures, targets, output)
+    record_result("trainer", figures, targets, output)
     return 0
 
 

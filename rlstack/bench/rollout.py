@@ -1,4 +1,4 @@
-"""``rlstack bench rollout``: vLLM tokens/s, raw ``LLM.generate`` against the same work through the RolloutGroup.
+"""vLLM tokens/s: raw LLM.generate against the RolloutGroup
 
 Both sides get the demo's workload (16 arithmetic prompts x 8 samples, T=1, 40 new
 tokens, the embedded SmolLM2) and are timed in alternating rounds in one run, so machine
@@ -18,7 +18,7 @@ from pathlib import Path
 import ray
 
 from rlstack import models
-from rlstack.bench_result import record_result
+from rlstack.bench.result import record_result
 from rlstack.config import load_recipe
 from rlstack.controller import GRPOController
 from rlstack.data.chat import render_prompt
@@ -101,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     record_result(
         "rollout",
-        " ".join(["rlstack bench rollout", *(["--set", *args.set] if args.set else [])]),
         figures,
         {"group_over_raw>=0.9": group_tok_s >= 0.9 * raw_tok_s},
         args.output,

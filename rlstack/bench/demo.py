@@ -1,4 +1,6 @@
-"""``rlstack bench demo``: run the demo with each rollout engine and record the figures against the targets.
+"""the demo, its figures written to docs/results/
+
+Runs the demo with each rollout engine and records the figures against the targets.
 
 The recipe's own engine (vLLM) runs first, then the same recipe with the HF engine, one
 after the other in one command. Writes ``docs/results/grpo_demo_cpu.json`` and ends with
@@ -9,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rlstack.bench_result import record_result
+from rlstack.bench.result import record_result
 from rlstack.demo import run_demo
 
 RECIPE = "recipes/grpo_arith_smollm2.yaml"
@@ -40,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         "vllm_accuracy>=hf": figures["greedy_accuracy_after"] >= hf["greedy_accuracy_after"]
         and figures["sampled_accuracy_after"] >= hf["sampled_accuracy_after"],
     }
-    command = "make bench" if args.setup_seconds else "rlstack bench demo"  # make times the setup
-    record_result("grpo_demo", command, figures, targets, args.output)
+    record_result("grpo_demo", figures, targets, args.output)
     return 0
 
 

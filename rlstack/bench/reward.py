@@ -1,4 +1,4 @@
-"""``rlstack bench reward``: reward-pool throughput, per-sample overhead, and the cost of a hung call.
+"""reward-pool throughput and the cost of a hung call
 
 Side by side in one run on a local Ray:
 - a trivial reward (``exact_match``) called in-process in a loop, and the same samples
@@ -19,7 +19,7 @@ import ray
 
 from actors.reward import RewardPool, ScoreRequest
 from reward.arithmetic import exact_match
-from rlstack.bench_result import record_result
+from rlstack.bench.result import record_result
 from rlstack.config import PlacementSection, RewardFunction, RewardSection
 
 HUNG = "tests/assets/rewards.py:sleeps_forever"
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "pool_samples_per_s>=5000": figures["pool_samples_per_s"] >= 5000,
         "hung_call_cost<=0.5s": figures["hung_call_cost_over_timeout_s"] <= 0.5,
     }
-    record_result("reward_pool", "rlstack bench reward", figures, targets_met, args.output)
+    record_result("reward_pool", figures, targets_met, args.output)
     return 0
 
 

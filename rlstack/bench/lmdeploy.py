@@ -1,4 +1,4 @@
-"""``rlstack bench lmdeploy``: LMDeploy on one GPU: generation, weight sync and colocated GRPO.
+"""LMDeploy on one GPU: generation, weight sync, colocated GRPO
 
 Random-init models with SmolLM2's tokenizer (nothing is downloaded), measured side by
 side in one run on the card named in the result:
@@ -25,7 +25,7 @@ import ray
 import torch
 
 from rlstack import models
-from rlstack.bench_result import record_result
+from rlstack.bench.result import record_result
 from rlstack.config import load_recipe
 from rlstack.controller import GRPOController
 from rlstack.data.chat import render_prompt
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         targets["group_over_raw>=0.9"] = figures["group_over_raw"] >= 0.9  # type: ignore[operator]
     if "sync_llama-1b_buckets_256mb_gib_s" in figures:
         targets["sync_1b_gib_s>=20"] = figures["sync_llama-1b_buckets_256mb_gib_s"] >= 20  # type: ignore[operator]
-    record_result("lmdeploy", "rlstack bench lmdeploy", figures, targets, args.output)
+    record_result("lmdeploy", figures, targets, args.output)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``rlstack bench service``: run-service latency under 50 concurrent clients while a run trains.
+"""run-service latency under 50 clients, and SSE delay, while a run trains
 
 Starts a Ray head and ``rlstack serve`` on this machine, launches the tiny recipe for
 long enough to measure during its training, and reports p50 and p99 latency of
@@ -8,6 +8,7 @@ and the delay from a metric being logged by the controller to it arriving over S
 
 import argparse
 import asyncio
+import contextlib
 import json
 import secrets
 import subprocess
@@ -20,8 +21,8 @@ import aiohttp
 import httpx
 import numpy as np
 
-from rlstack.bench_result import record_result
-from rlstack.demo import RAY_CLI, cluster_env, start_head
+from rlstack.bench.result import record_result
+from rlstack.ray_head import RAY_CLI, cluster_env, start_head
 
 DASHBOARD = 8321
 
@@ -32,11 +33,10 @@ def start_service(state: Path, port: int, token: str) -> subprocess.Popen:
                "--runs-dir", str(state / "runs")]  # fmt: skip
     process = subprocess.Popen(command, env=cluster_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(200):
-        try:
+        with contextlib.suppress(httpx.TransportError):  # not listening yet
             if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
                 return process
-        except httpx.TransportError:
-            time.sleep(0.3)
+        time.sleep(0.3)  # after a refused connection and after 503 ``starting`` alike
     raise RuntimeError("the service did not start")
 
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "get_metrics_p99<100ms": figures["get_metrics_p99_ms"] < 100,
         "sse_delay_max<1s": figures["sse_delay_max_s"] < 1.0,
     }
-    record_result("service", "rlstack bench service", figures, targets_met, args.output)
+    record_result("service", figures, targets_met, args.output)
     return 0
 
 

@@ -1,5 +1,7 @@
-"""``rlstack bench dtype``: a SmolLM2 MLP projection's forward and backward in float32 and in bfloat16 on
-this CPU, side by side, and the dtype that ``auto`` picks here.
+"""float32 against bfloat16 matmuls on this CPU, and what ``auto`` picks
+
+A SmolLM2 MLP projection's forward and backward in float32 and in bfloat16 on this CPU, side by side, and the
+dtype that ``auto`` picks here.
 
 Shapes: ``[1024, 576] @ [576, 1536]``, 6 * 1024 * 576 * 1536 FLOP per forward and backward.
 """
@@ -13,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rlstack.bench_result import record_result
+from rlstack.bench.result import record_result
 from rlstack.hardware import resolve_dtype
 
 TOKENS, HIDDEN, INTERMEDIATE = 1024, 576, 1536
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         "auto_picks": auto,
     }
     faster = "bfloat16" if bfloat16 > float32 else "float32"
-    record_result("dtype", "rlstack bench dtype", figures, {"auto_picks_the_faster": auto == faster}, args.output)
+    record_result("dtype", figures, {"auto_picks_the_faster": auto == faster}, args.output)
     return 0
 
 

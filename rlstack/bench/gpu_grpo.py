@@ -1,4 +1,4 @@
-"""``rlstack bench gpu-grpo``: GRPO with the real SmolLM2 on one GPU, step time against TRL's on the same card.
+"""GRPO with the real SmolLM2 on one GPU, step time against TRL's
 
 Runs ``recipes/grpo_arith_smollm2_gpu.yaml`` (two-digit addition, 64 prompts x 8 samples,
 64 new tokens, 60 steps; trainer and engine share the GPU) once per engine named, and
@@ -21,7 +21,7 @@ from pathlib import Path
 import ray
 import torch
 
-from rlstack.bench_result import record_result
+from rlstack.bench.result import record_result
 from rlstack.config import load_recipe
 from rlstack.controller import GRPOController
 
@@ -72,7 +72,6 @@ def run_engine(engine: str, overrides: list[str], output_dir: Path) -> dict[str,
     figures = summarise(records, engine, recipe.rollout.lmdeploy_executor)
     record_result(
         "gpu-grpo",
-        " ".join(["rlstack bench gpu-grpo --engines", engine, *(["--set", *overrides] if overrides else [])]),
         {"workload": "two-digit addition, 64 prompts x 8 samples, 64 new tokens, real SmolLM2, bf16",
          "trl_median_step_s": TRL_STEP_S, "run_dir": str(run_dir), **figures},
         {

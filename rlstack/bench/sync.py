@@ -1,4 +1,4 @@
-"""``rlstack bench sync``: seconds to sync SmolLM2's full weights into vLLM, against a plain copy of the same bytes.
+"""seconds to sync SmolLM2 into vLLM, against a plain copy
 
 The weights are the embedded SmolLM2 in the engine's dtype (bfloat16, about 270 MB),
 in ``rollout.bucket_mb`` buckets. Measured side by side in one run, each the median of
@@ -27,7 +27,7 @@ from pathlib import Path
 import ray
 import torch
 
-from rlstack.bench_result import record_result
+from rlstack.bench.result import record_result
 from rlstack.config import load_recipe
 from rlstack.controller import GRPOController
 from rlstack.memory import ResidentGrowth
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "largest_bucket_mb": round(max(sum(t.nbytes for t in b.values()) for b in buckets) / 1e6, 1),
         "engine_peak_extra_mb": round(resident.peak_bytes / 1e6, 1),
     }
-    record_result("sync", "rlstack bench sync", figures, {"engine_load_s<=1.0": load <= 1.0}, args.output)
+    record_result("sync", figures, {"engine_load_s<=1.0": load <= 1.0}, args.output)
     return 0
 
 

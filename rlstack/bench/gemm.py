@@ -1,5 +1,7 @@
-"""``rlstack bench gemm``: the embedded model's matrix multiplies at one decode step's batch on this CPU,
-through vLLM's oneDNN kernel and through ``torch.nn.functional.linear``, side by side.
+"""a decode step's matmuls: vLLM's oneDNN kernel against torch's
+
+The embedded model's matrix multiplies at one decode step's batch on this CPU, through vLLM's oneDNN kernel
+and through ``torch.nn.functional.linear``, side by side.
 
 A decode step of ``M`` sequences multiplies ``[M, K]`` activations by each layer's
 weights (``N x K``), in vLLM's fused layout: qkv, o, gate_up and down per decoder layer,
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig
 
 from rlstack import models
-from rlstack.bench_result import record_result
+from rlstack.bench.result import record_result
 from rlstack.config import load_recipe
 
 RECIPE = "recipes/grpo_arith_smollm2.yaml"
@@ -78,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     figures["onednn_over_torch_speedup"] = round(forward_ms["torch"] / forward_ms["onednn"], 2)
     record_result(
         "gemm",
-        " ".join(["rlstack bench gemm", *(sys.argv[1:] if argv is None else argv)]),
         figures,
         {"onednn_faster": forward_ms["onednn"] < forward_ms["torch"]},
         args.output,

@@ -1,0 +1,1 @@
+"""The benchmarks, one module each: ``rlstack bench <module name with - for _>`` runs its ``main``."""
