@@ -23,6 +23,7 @@ from actors.placement import node_id, require_resources
 from reward.api import is_async, is_batched, optional_keywords, to_score
 from reward.loader import instantiate, resolve
 from rlstack.config import PlacementSection, RewardFunction, RewardSection
+from rlstack.data.batching import chunks
 
 logger = logging.getLogger(__name__)
 
@@ -283,11 +284,10 @@ class RewardPool:
         self._await_restarts()
         calls = []
         for names, workers in self.groups:
-            chunk = -(-len(requests) // len(workers))
-            for worker, start in zip(workers, range(0, len(requests), chunk), strict=False):
-                calls.append(
-                    (names, worker, start, start + chunk, worker.score.remote(requests[start : start + chunk]))
-                )
+            start = 0
+            for worker, chunk in zip(workers, chunks(requests, len(workers)), strict=False):
+                calls.append((names, worker, start, start + len(chunk), worker.score.remote(chunk)))
+                start += len(chunk)
         results = {name: RewardResult(scores=[self.section.error_score] * len(requests)) for name in self.order}
         for names, worker, start, stop, ref in calls:
             part = self._get(worker, ref, names, min(stop, len(requests)) - start)

@@ -12,6 +12,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from actors.placement import node_id, require_resources
 from rlstack import models
 from rlstack.config import Recipe
+from rlstack.data.batching import chunks
 from rlstack.types import Completion, SamplingParams
 from rollout.registry import make_engine
 from rollout.weight_broadcast import WeightGroup, plan_buckets
@@ -56,11 +57,9 @@ class RolloutWorker:
         return node_id()
 
     def sleep(self) -> None:
-        self.engine.sleep()  # type: ignore[attr-defined]
+        self.engine.sleep()
 
     def fingerprint(self) -> dict[str, float]:
-        if not hasattr(self.engine, "fingerprint"):
-            raise NotImplementedError(f"{type(self.engine).__name__} keeps its weights in other processes")
         return self.engine.fingerprint()
 
 
@@ -122,14 +121,9 @@ class RolloutGroup:
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         """``params.n`` completions per prompt, in prompt order; worker ``i`` samples with seed ``params.seed + i``."""
-        num = len(self.workers)
-        chunk = -(-len(prompts) // num)
         futures = [
-            worker.generate.remote(
-                prompts[i * chunk : (i + 1) * chunk], SamplingParams(**{**vars(params), "seed": params.seed + i})
-            )
-            for i, worker in enumerate(self.workers)
-            if prompts[i * chunk : (i + 1) * chunk]
+            worker.generate.remote(part, SamplingParams(**{**vars(params), "seed": params.seed + i}))
+            for i, (worker, part) in enumerate(zip(self.workers, chunks(prompts, len(self.workers)), strict=False))
         ]
         return [group for part in self._get(futures, "generate") for group in part]
 

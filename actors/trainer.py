@@ -13,27 +13,14 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from safetensors.torch import load_file
 
 from actors.fsdp2_backend import FSDP2Backend
+from actors.objectives import Policy, make_objective
 from actors.placement import node_id, require_resources
 from rlstack import models
-from rlstack.algorithms import aggregate, at_temperature, clipped_surrogate, kl_penalty, token_entropy, token_logprobs
-from rlstack.algorithms.dpo import comparable_logprobs, dpo_loss
-from rlstack.algorithms.sft import sft_loss
 from rlstack.checkpoint import readable, writable
 from rlstack.colocation import GpuMemory
 from rlstack.config import Recipe
-from rlstack.data.batching import (
-    collate,
-    micro_batches,
-    padding_sample,
-    pair_lengths,
-    response_sample,
-)
-from rlstack.data.packing import PackedRow, SFTExample, attention_mask_from_positions, collate_packed, pack
-from rlstack.data.shared_prompt import collate_shared_prompt, shared_prompt_rows
-from rlstack.forward import padded_response_logits, shared_prompt_logits
-from rlstack.types import PreferenceBatch, PreferencePair, Sample, SFTBatch, TrainBatch
-from rollout.lmdeploy_engine import serialize_flattened
-from rollout.shared_bucket import share
+from rlstack.types import PreferenceBatch, PreferencePair, Sample, SFTBatch, SFTExample, TrainBatch
+from rollout.registry import pack_bucket
 from rollout.weight_broadcast import WeightGroup, flatten, plan_buckets
 
 PLACEMENT_TIMEOUT_S = 300
@@ -41,7 +28,8 @@ T = TypeVar("T")
 
 
 class TrainerWorker:
-    """One FSDP2 rank: the policy (and optional frozen reference), AdamW and the LR schedule."""
+    """One rank (FSDP2 or DeepSpeed): the policy (and optional frozen reference), AdamW and the LR schedule, and
+    the recipe's objective (``actors.objectives``), which one loop (``step``) trains."""
 
     def __init__(self, recipe: Recipe, rank: int, world_size: int):
         self.recipe = recipe
@@ -76,7 +64,8 @@ class TrainerWorker:
         else:
             self.backend = FSDP2Backend(recipe, self.rank, self.world_size, init_method, needs_reference)
         self.model = self.backend.model
-        self.reference = self.backend.reference
+        self.policy = Policy(self.model, self.backend.reference, self.device, self.tokenizer.pad_token_id)
+        self.objective = make_objective(recipe, self.tokenizer.pad_token_id)
         self.parameter_shapes = models.parameter_shapes(recipe.model.path)  # the bucket plan's input, every sync
         self.num_optimizer_steps = 0
 
@@ -85,10 +74,6 @@ class TrainerWorker:
         count = torch.tensor([len(groups)], device=self.device)
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
         return groups + [padding] * (int(count) - len(groups))
-
-    def _aligned_micro_batches(self, samples: list[Sample]) -> list[list[Sample]]:
-        groups = micro_batches(samples, self.recipe.trainer.micro_batch_tokens)
-        return self._aligned(groups, [padding_sample(samples[0])])
 
     def _optimizer_step(self) -> dict[str, float]:
         """Clip the gradients, step AdamW and the LR schedule; returns ``grad_norm``, the ``lr`` used and, on a
@@ -115,202 +100,35 @@ class TrainerWorker:
             self.update_peak_gib,
         )  # fmt: skip
 
-    def train_step(self, batch: TrainBatch) -> dict[str, float]:
-        """One optimizer step of the PPO-clip surrogate over this rank's samples.
+    def step(self, batch: TrainBatch | SFTBatch | PreferenceBatch) -> dict[str, float]:
+        """One optimizer step of the recipe's objective over this rank's share of ``batch``.
 
-        The samples run as shared-prompt rows (``rlstack.data.shared_prompt``). Each
-        micro-batch's loss is its share of the whole batch's loss (normalisers come from
-        the batch); the backend undoes its averaging of gradients over ranks.
+        The objective cuts the share into micro-batches (aligned in number across ranks) and gives each one's
+        loss, its share of the whole batch's loss, so the backend only undoes its averaging over ranks.
         """
-        algo = self.recipe.algorithm
+        objective = self.objective
         self.model.train()
-        sums = torch.zeros(6, dtype=torch.float64, device=self.device)  # loss, tokens, clipped, entropy, kl, |dlogp|
-        samples = list(batch.samples)
-        temperature = self.recipe.rollout.temperature
-        rows = shared_prompt_rows(samples, self.recipe.trainer.micro_batch_tokens)
-        for row in self._aligned(rows, [[padding_sample(samples[0])]]):
-            data = collate_shared_prompt(row, self.tokenizer.pad_token_id)
-            mask = data.response_mask.to(self.device)
-            targets = data.token_ids.to(self.device)
-            logits = at_temperature(shared_prompt_logits(self.model, data, self.device), temperature)
-            logprobs = data.scatter(token_logprobs(logits, targets))  # [B, R]
-            old = data.old_logprobs.to(self.device)
-            token_loss, clipped = clipped_surrogate(
-                logprobs, old, data.advantages.to(self.device), algo.clip_low, algo.clip_high
-            )
-            kl = torch.zeros_like(token_loss)
-            if self.reference is not None:
-                with torch.no_grad():
-                    ref_logits = shared_prompt_logits(self.reference, data, self.device)
-                    ref = data.scatter(token_logprobs(ref_logits, targets, temperature))
-                kl = kl_penalty(logprobs, ref, algo.kl_estimator)
-                token_loss = token_loss + algo.kl_coef * kl
-            loss = aggregate(token_loss, mask, algo.loss_agg, batch.num_tokens, batch.num_seqs, batch.max_tokens)
+        sums = torch.zeros(len(objective.sum_names), dtype=torch.float64, device=self.device)
+        for micro_batch in self._aligned(objective.micro_batches(batch), objective.padding(batch)):
+            loss, micro_sums = objective.loss(self.policy, micro_batch)
             self.backend.backward(loss)
-            sums += torch.stack(
-                [
-                    loss.detach().double(),
-                    mask.sum().double(),
-                    (clipped * mask).sum().double(),
-                    (data.scatter(token_entropy(logits.detach())) * mask).sum().double(),
-                    (kl.detach() * mask).sum().double(),
-                    ((logprobs.detach() - old).abs() * mask).sum().double(),
-                ]
-            )
+            sums += micro_sums
         step = self._optimizer_step()
         dist.all_reduce(sums)
-        loss, tokens, clipped_sum, entropy, kl_sum, mismatch = sums.tolist()
-        tokens = max(tokens, 1.0)
-        return {
-            "loss": loss,
-            "clip_fraction": clipped_sum / tokens,
-            "entropy": entropy / tokens,
-            "kl": kl_sum / tokens,
-            "logprob_mismatch": mismatch / tokens,
-            **step,
-        }
+        return {**objective.metrics(dict(zip(objective.sum_names, sums.tolist(), strict=True))), **step}
 
-    def _packed_rows(self, examples: list[SFTExample]) -> list[PackedRow]:
-        """This rank's examples packed into rows of at most ``micro_batch_tokens``, aligned across ranks."""
-        pad_id = self.tokenizer.pad_token_id
-        rows = [
-            collate_packed(group, pad_id, sum(len(e.input_ids) for e in group))
-            for group in (
-                [examples[i] for i in indices]
-                for indices in pack([len(e.input_ids) for e in examples], self.recipe.trainer.micro_batch_tokens)
-            )
-        ]
-        return self._aligned(rows, collate_packed([SFTExample((pad_id,), (0,))], pad_id, 1))
-
-    def _packed_logprobs(self, row: PackedRow) -> torch.Tensor:
-        """``[1, L]`` logprobs of each packed position's target, every sample attending only to itself."""
-        position_ids = row.position_ids.to(self.device)
-        logits = self.model(
-            input_ids=row.input_ids.to(self.device),
-            position_ids=position_ids,
-            attention_mask=attention_mask_from_positions(position_ids),
-            use_cache=False,
-        ).logits
-        return token_logprobs(logits, row.target_ids.to(self.device))
-
-    def sft_step(self, batch: SFTBatch) -> dict[str, float]:
-        """One optimizer step of masked cross-entropy; the rank's examples are packed into micro-batches."""
-        self.model.train()
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss, tokens
-        for row in self._packed_rows(list(batch.examples)):
-            mask = row.target_mask.to(self.device)
-            loss, _ = sft_loss(self._packed_logprobs(row), mask, batch.num_tokens)
-            self.backend.backward(loss)
-            sums += torch.stack([loss.detach().double(), mask.sum().double()])
-        step = self._optimizer_step()
-        dist.all_reduce(sums)
-        return {"loss": sums[0].item(), "num_tokens": sums[1].item(), **step}
-
-    @torch.no_grad()
-    def sft_eval(self, examples: list[SFTExample]) -> dict[str, float]:
-        """Mean negative log-likelihood per trained token of held-out examples, over all ranks' shares."""
+    def logprobs(self, data: list[Sample] | list[PreferencePair]) -> list[Any]:
+        """The policy's logprobs of each item, in order: each sample's response tokens (GRPO), each pair's
+        ``(chosen, rejected)`` sums (DPO)."""
         self.model.eval()
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # nll, tokens
-        for row in self._packed_rows(examples):
-            mask = row.target_mask.to(self.device)
-            sums += torch.stack([-(self._packed_logprobs(row) * mask).sum().double(), mask.sum().double()])
-        dist.all_reduce(sums)
-        return {"loss": (sums[0] / sums[1].clamp(min=1)).item(), "num_tokens": sums[1].item()}
+        return self.objective.logprobs(self.policy, data, self._aligned)  # type: ignore[attr-defined]
 
-    def _pair_micro_batches(self, pairs: list[PreferencePair]) -> list[list[int] | None]:
-        """Pair indices per micro-batch (chosen and rejected together fill ``2 * n * longest`` tokens), aligned
-        across ranks with ``None`` for a padding micro-batch."""
-        groups: list[list[int] | None] = []
-        current: list[int] = []
-        longest = 0
-        for i, p in enumerate(pairs):
-            size = len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids))
-            if current and 2 * (len(current) + 1) * max(longest, size) > self.recipe.trainer.micro_batch_tokens:
-                groups.append(current)
-                current, longest = [], 0
-            current.append(i)
-            longest = max(longest, size)
-        if current:
-            groups.append(current)
-        return self._aligned(groups, None)
-
-    def _pair_logprobs(self, model: torch.nn.Module, pairs: list[PreferencePair]) -> torch.Tensor:
-        """``[2, n]`` summed logprobs of the chosen (row 0) and rejected (row 1) responses."""
-        samples = [response_sample(p.prompt_ids, p.chosen_ids) for p in pairs]
-        samples += [response_sample(p.prompt_ids, p.rejected_ids) for p in pairs]
-        data = collate(samples, self.tokenizer.pad_token_id)
-        logprobs = token_logprobs(padded_response_logits(model, data, self.device), data.response_ids.to(self.device))
-        return (logprobs * data.response_mask.to(self.device)).sum(-1).view(2, len(pairs))
-
-    def dpo_step(self, batch: PreferenceBatch) -> dict[str, float]:
-        """One optimizer step of the DPO (or IPO, cDPO) loss over this rank's pairs.
-
-        IPO compares logprobs averaged over each response's tokens; DPO compares sums.
-        """
-        algo = self.recipe.algorithm
-        self.model.train()
-        pairs = list(batch.pairs)
-        sums = torch.zeros(5, dtype=torch.float64, device=self.device)  # loss, chosen, rejected, margin, accuracy
-        for group in self._pair_micro_batches(pairs):
-            members = [pairs[i] for i in group] if group is not None else pairs[:1]
-            policy = self._pair_logprobs(self.model, members)  # [2, n]
-            if batch.reference is not None:
-                reference = torch.tensor([batch.reference[i] for i in (group or [0])], device=self.device).T
-            else:
-                with torch.no_grad():
-                    reference = self._pair_logprobs(self.reference, members)  # type: ignore[arg-type]
-            lengths = pair_lengths(members).to(self.device)
-            policy = comparable_logprobs(policy, lengths, algo.dpo_loss)
-            reference = comparable_logprobs(reference, lengths, algo.dpo_loss)
-            loss, metrics = dpo_loss(
-                policy[0],
-                policy[1],
-                reference[0],
-                reference[1],
-                batch.num_pairs,
-                algo.beta,
-                algo.label_smoothing,
-                algo.dpo_loss,
-            )
-            weight = 0.0 if group is None else 1.0  # a padding micro-batch only keeps the collectives in step
-            self.backend.backward(loss * weight)
-            sums += weight * torch.stack([loss.detach().double(), *(m.double() for m in metrics.values())])
-        step = self._optimizer_step()
-        dist.all_reduce(sums)
-        loss, chosen_reward, rejected_reward, margin, accuracy = sums.tolist()
-        return {
-            "loss": loss,
-            "rewards/chosen": chosen_reward,
-            "rewards/rejected": rejected_reward,
-            "rewards/margin": margin,
-            "rewards/accuracy": accuracy,
-            **step,
-        }
-
-    @torch.no_grad()
-    def pair_logprobs(self, pairs: list[PreferencePair]) -> list[tuple[float, float]]:
-        """Policy logprobs ``(chosen, rejected)`` of each pair, summed over the response tokens."""
+    def evaluate(self, examples: list[SFTExample]) -> dict[str, float]:
+        """Held-out metrics of the objective over all ranks' shares (SFT: mean negative log-likelihood)."""
         self.model.eval()
-        result: list[tuple[float, float]] = []
-        for group in self._pair_micro_batches(pairs):
-            logprobs = self._pair_logprobs(self.model, [pairs[i] for i in group] if group else pairs[:1])
-            if group is not None:
-                result += [(c, r) for c, r in logprobs.T.tolist()]
-        return result
-
-    @torch.no_grad()
-    def compute_logprobs(self, samples: list[Sample]) -> list[list[float]]:
-        """Policy logprobs of each sample's response tokens, at the sampling temperature, in ``samples`` order."""
-        self.model.eval()
-        result: dict[int, list[float]] = {}  # by id(sample): micro-batches sort samples by length
-        for group in self._aligned_micro_batches(samples):
-            data = collate(group, self.tokenizer.pad_token_id)
-            logits = padded_response_logits(self.model, data, self.device)
-            logprobs = token_logprobs(logits, data.response_ids.to(self.device), self.recipe.rollout.temperature)
-            for sample, row in zip(group, logprobs.cpu(), strict=True):
-                if not sample.masked:
-                    result[id(sample)] = row[: len(sample.completion.token_ids)].tolist()
-        return [result[id(sample)] for sample in samples]
+        sums = self.objective.evaluate(self.policy, examples, self._aligned)  # type: ignore[attr-defined]
+        dist.all_reduce(sums)
+        return self.objective.evaluation_metrics(sums)  # type: ignore[attr-defined]
 
     @torch.no_grad()
     def full_buckets(self, bucket_mb: int, dtype: str, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
@@ -330,8 +148,8 @@ class TrainerWorker:
     ) -> list[ray.ObjectRef]:
         """The full weights as object-store buckets of about ``bucket_mb`` MB; rank 0 returns their refs, the
         other ranks an empty list. With ``cuda_ipc`` a bucket stays on this GPU as one flat tensor and the object
-        store carries only its CUDA IPC handle, in the engine's format (LMDeploy's ``serialize_flattened``, else
-        a ``SharedBucket``); the tensor lives until ``release_buckets``.
+        store carries only its CUDA IPC handle, in the engine's format (``rollout.registry.pack_bucket``); the
+        tensor lives until ``release_buckets``.
         """
         device = self.device if transport == "cuda_ipc" else torch.device("cpu")
         return [self._put_bucket(bucket, transport, engine) for bucket in self.full_buckets(bucket_mb, dtype, device)]
@@ -339,7 +157,7 @@ class TrainerWorker:
     def _put_bucket(self, bucket: dict[str, torch.Tensor], transport: str, engine: str) -> ray.ObjectRef:
         if transport == "object_store":
             return ray.put(bucket)
-        handle, flat = serialize_flattened(bucket) if engine == "lmdeploy" else share(bucket)
+        handle, flat = pack_bucket(engine, bucket)
         self.sent_buckets.append(flat)
         return ray.put(handle)
 
@@ -431,23 +249,16 @@ class TrainerGroup:
             self.shutdown()
             raise
 
-    def train_step(self, shards: list[TrainBatch]) -> dict[str, float]:
-        return ray.get([w.train_step.remote(s) for w, s in zip(self.workers, shards, strict=True)])[0]
+    def step(self, shards: list[TrainBatch] | list[SFTBatch] | list[PreferenceBatch]) -> dict[str, float]:
+        """One optimizer step, rank ``i`` on ``shards[i]``; returns rank 0's metrics (the sums are all-reduced)."""
+        return ray.get([w.step.remote(s) for w, s in zip(self.workers, shards, strict=True)])[0]
 
-    def compute_logprobs(self, shards: list[list[Sample]]) -> list[list[list[float]]]:
-        return ray.get([w.compute_logprobs.remote(s) for w, s in zip(self.workers, shards, strict=True)])
+    def logprobs(self, shards: list[list[Sample]] | list[list[PreferencePair]]) -> list[list[Any]]:
+        """Each rank's ``TrainerWorker.logprobs`` of its shard."""
+        return ray.get([w.logprobs.remote(s) for w, s in zip(self.workers, shards, strict=True)])
 
-    def sft_step(self, shards: list[SFTBatch]) -> dict[str, float]:
-        return ray.get([w.sft_step.remote(s) for w, s in zip(self.workers, shards, strict=True)])[0]
-
-    def sft_eval(self, shards: list[list[SFTExample]]) -> dict[str, float]:
-        return ray.get([w.sft_eval.remote(s) for w, s in zip(self.workers, shards, strict=True)])[0]
-
-    def dpo_step(self, shards: list[PreferenceBatch]) -> dict[str, float]:
-        return ray.get([w.dpo_step.remote(s) for w, s in zip(self.workers, shards, strict=True)])[0]
-
-    def pair_logprobs(self, shards: list[list[PreferencePair]]) -> list[list[tuple[float, float]]]:
-        return ray.get([w.pair_logprobs.remote(s) for w, s in zip(self.workers, shards, strict=True)])
+    def evaluate(self, shards: list[list[SFTExample]]) -> dict[str, float]:
+        return ray.get([w.evaluate.remote(s) for w, s in zip(self.workers, shards, strict=True)])[0]
 
     def state_dict_buckets(
         self, bucket_mb: int, dtype: str, transport: str = "object_store", engine: str = "vllm"

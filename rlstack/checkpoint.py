@@ -16,16 +16,13 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import fsspec
 import yaml
 from fsspec.implementations.local import LocalFileSystem
 
 from rlstack.config import Recipe
-
-if TYPE_CHECKING:
-    from actors.trainer import TrainerGroup
 
 CONTROLLER_STATE = "controller_state.json"
 REQUIRED = ("trainer_state.pt", CONTROLLER_STATE, "config.json")
@@ -36,16 +33,13 @@ def checkpoint_dir(recipe: Recipe, run_dir: Path, step: int) -> str:
     return f"{base.rstrip('/')}/step_{step}"
 
 
-def save_checkpoint(
-    trainer: "TrainerGroup", recipe: Recipe, run_dir: Path, step: int, controller_state: dict[str, Any]
-) -> str:
-    target = checkpoint_dir(recipe, run_dir, step)
-    files = {
+def checkpoint_files(recipe: Recipe, controller_state: dict[str, Any]) -> dict[str, str]:
+    """The files a checkpoint holds besides the trainer's own (name: text): the recipe and the controller's
+    state."""
+    return {
         "recipe.yaml": yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False),
         CONTROLLER_STATE: json.dumps(controller_state),
     }
-    trainer.save(target, optimizer=recipe.checkpoint.optimizer, files=files)
-    return target
 
 
 def check_resumable(uri: str, backend: str | None = None) -> None:

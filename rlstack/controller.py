@@ -1,4 +1,19 @@
-"""The step loop: sample prompts, generate, score, compute advantages, train, sync, log."""
+"""The step loop. One GRPO step (``GRPOController.step``):
+
+1. sample ``rollout.num_prompts`` prompts (``data``, one epoch's shuffled order at a time);
+2. generate ``rollout.num_samples`` completions of each with the engines (``rollout.engine``), seeded from
+   ``trainer.seed`` and the step;
+3. score them in the reward pool (``reward.functions``, each call within ``reward.timeout_s``);
+4. group-relative advantages (``algorithm.normalize_std``); groups whose rewards are all equal are dropped
+   (``algorithm.drop_zero_variance_groups``), and a step left with none trains nothing and says so;
+5. the engines sleep through the update if memory requires it (``rollout.sleep_while_training``);
+6. train: ``algorithm.num_minibatches`` optimizer steps of the objective (``actors.objectives``);
+7. sync the new weights to every engine as the next policy version (``rollout.weight_transport``);
+8. log (``tracking``); every ``eval.every_steps`` evaluate on held-out prompts, every
+   ``checkpoint.every_steps`` save a checkpoint.
+
+SFT and DPO steps (``rlstack.sft``, ``rlstack.dpo``) are step 6 alone, on their own data.
+"""
 
 import json
 import time
@@ -18,16 +33,19 @@ from actors.weight_sync import WeightSync
 from rlstack import models
 from rlstack.algorithms import group_advantages
 from rlstack.algorithms.advantages import zero_variance_groups
-from rlstack.checkpoint import check_resumable, checkpoint_dir, load_controller_state, save_checkpoint
+from rlstack.checkpoint import check_resumable, checkpoint_dir, checkpoint_files, load_controller_state
 from rlstack.colocation import describe, must_sleep
 from rlstack.config import DataSection, Recipe
-from rlstack.data.batching import shard
+from rlstack.data.batching import chunks, shard
 from rlstack.data.chat import render_prompt
 from rlstack.data.dataset import RunData, load_prompt_data
 from rlstack.data.prompts import EpochSampler, Prompt
 from rlstack.tracking import Tracker, plot_run
 from rlstack.types import Completion, Sample, SamplingParams, TrainBatch
 
+SEED_STRIDE = 1_000_003
+"""Step seeds are ``trainer.seed * SEED_STRIDE + step``: a prime stride, so runs of different seeds never share
+a step's seed within a million steps."""
 UNTRAINED_STEPS_WARNING = 3
 """Steps in a row with no group to train on, after which each such step's warning names the likely cause."""
 
@@ -114,14 +132,13 @@ class Controller:
                 metrics.update({**after, **seconds})
             self.tracker.log(step, metrics)
             if self.recipe.checkpoint.every_steps and step % self.recipe.checkpoint.every_steps == 0:
-                checkpoint = save_checkpoint(self.trainer, self.recipe, self.run_dir, step, self.state(step))
+                checkpoint = self.save_checkpoint(step)
         num_steps = self.recipe.trainer.num_steps
         if evaluated != num_steps:
             after, seconds = self.timed_evaluation()
             self.tracker.log(num_steps, {**after, **seconds})
         if self.recipe.checkpoint.at_end and checkpoint != checkpoint_dir(self.recipe, self.run_dir, num_steps):
-            checkpoint = save_checkpoint(self.trainer, self.recipe, self.run_dir, num_steps, self.state(num_steps))
-        self.tracker.close()
+            checkpoint = self.save_checkpoint(num_steps)
         plot_run(self.run_dir / "metrics.jsonl", self.run_dir / "plot.png")
         summary = {
             "steps": num_steps,
@@ -149,6 +166,13 @@ class Controller:
         with timed(seconds, "eval"):
             metrics = self.evaluate()
         return metrics, seconds if metrics else {}
+
+    def save_checkpoint(self, step: int) -> str:
+        """The trainer's weights and state, and the controller's, at ``checkpoint_dir``; returns where."""
+        target = checkpoint_dir(self.recipe, self.run_dir, step)
+        files = checkpoint_files(self.recipe, self.state(step))
+        self.trainer.save(target, optimizer=self.recipe.checkpoint.optimizer, files=files)
+        return target
 
     def state(self, step: int) -> dict[str, Any]:
         """What a checkpoint needs besides the trainer's own state, to continue exactly."""
@@ -238,7 +262,7 @@ class GRPOController(Controller):
                 max_new_tokens=rollout.max_new_tokens,
                 temperature=rollout.temperature,
                 top_p=rollout.top_p,
-                seed=self.recipe.trainer.seed * 1_000_003 + step,
+                seed=self.recipe.trainer.seed * SEED_STRIDE + step,
                 stop=tuple(rollout.stop),
             )
             with timed(metrics, "generate"):
@@ -317,17 +341,14 @@ class GRPOController(Controller):
 
     def train(self, samples: list[Sample]) -> dict[str, float]:
         """``num_minibatches`` optimizer steps over the samples; returns the last step's metrics."""
-        num = self.recipe.algorithm.num_minibatches
-        size = -(-len(samples) // num)
         metrics: dict[str, float] = {}
-        for start in range(0, len(samples), size):
-            minibatch = samples[start : start + size]
+        for minibatch in chunks(samples, self.recipe.algorithm.num_minibatches):
             shards = shard(minibatch, self.recipe.placement.num_trainer_ranks)
             num_tokens = sum(len(s.completion.token_ids) for s in minibatch)
             batches = [
                 TrainBatch(tuple(s), num_tokens, len(minibatch), self.recipe.rollout.max_new_tokens) for s in shards
             ]
-            metrics = self.trainer.train_step(batches)
+            metrics = self.trainer.step(batches)
         return metrics
 
 

@@ -43,7 +43,7 @@ class DPOController(Controller):
         num_ranks = self.recipe.placement.num_trainer_ranks
         if len(pairs) < num_ranks:
             raise ValueError(f"{len(pairs)} preference pairs cannot be shared by {num_ranks} trainer ranks")
-        shares = self.trainer.pair_logprobs(by_rank(pairs, num_ranks))
+        shares = self.trainer.logprobs(by_rank(pairs, num_ranks))
         result: Logprobs = [(0.0, 0.0)] * len(pairs)
         for rank, share in enumerate(shares):
             result[rank::num_ranks] = share
@@ -69,7 +69,7 @@ class DPOController(Controller):
         ]
         metrics: dict[str, Any] = {}
         with timed(metrics, "train"):
-            metrics.update(self.trainer.dpo_step(shards))
+            metrics.update(self.trainer.step(shards))
         self.policy_version += 1
         seen = sum(len(p.prompt_ids) * 2 + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
         metrics.update({"policy_version": self.policy_version, "throughput/train_tok_s": seen / metrics["time/train"]})

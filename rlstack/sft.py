@@ -8,9 +8,8 @@ from rlstack.config import DataSection
 from rlstack.controller import Controller, timed
 from rlstack.data.batching import by_rank
 from rlstack.data.dataset import RunData
-from rlstack.data.packing import SFTExample
 from rlstack.data.supervised import load_sft_data
-from rlstack.types import SFTBatch
+from rlstack.types import SFTBatch, SFTExample
 
 
 def num_trained_tokens(example: SFTExample) -> int:
@@ -32,7 +31,7 @@ class SFTController(Controller):
         shards = by_rank(examples, self.recipe.placement.num_trainer_ranks)
         metrics: dict[str, Any] = {}
         with timed(metrics, "train"):
-            metrics.update(self.trainer.sft_step([SFTBatch(tuple(s), num_tokens) for s in shards]))
+            metrics.update(self.trainer.step([SFTBatch(tuple(s), num_tokens) for s in shards]))
         self.policy_version += 1
         seen = sum(len(e.input_ids) for e in examples)
         metrics.update({"policy_version": self.policy_version, "throughput/train_tok_s": seen / metrics["time/train"]})
@@ -40,4 +39,4 @@ class SFTController(Controller):
 
     def evaluate(self) -> dict[str, float]:
         held_out = by_rank(self.data.held_out, self.recipe.placement.num_trainer_ranks)
-        return {"eval/loss": self.trainer.sft_eval(held_out)["loss"], **self.task_accuracy()}
+        return {"eval/loss": self.trainer.evaluate(held_out)["loss"], **self.task_accuracy()}

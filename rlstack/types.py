@@ -3,8 +3,6 @@
 from dataclasses import dataclass
 from typing import Literal
 
-from rlstack.data.packing import SFTExample
-
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -78,6 +76,20 @@ class PreferencePair:
     """The preferred response's tokens, ending with the end-of-turn token."""
     rejected_ids: tuple[int, ...]
     """The dispreferred response's tokens, ending with the end-of-turn token."""
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    """One tokenized conversation."""
+
+    input_ids: tuple[int, ...]
+    """Token ids of the whole rendered conversation."""
+    loss_mask: tuple[int, ...]
+    """1 where the token is an assistant token the model learns to predict, else 0; one per input id."""
+
+    def __post_init__(self) -> None:
+        if len(self.input_ids) != len(self.loss_mask):
+            raise ValueError(f"input_ids has {len(self.input_ids)} tokens but loss_mask has {len(self.loss_mask)}")
 
 
 @dataclass(frozen=True)

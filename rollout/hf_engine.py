@@ -8,6 +8,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogits
 
 from rlstack import models
 from rlstack.types import Completion, SamplingParams
+from rollout.base import Engine
 
 MAX_SEQUENCES_PER_CALL = 128
 """Sequences per ``generate`` call."""
@@ -38,7 +39,7 @@ class SampledLogprobs(LogitsProcessor):
         return torch.stack([*self.steps, self.pending.gather(-1, last_tokens[:, None]).squeeze(-1)], dim=1)
 
 
-class HFEngine:
+class HFEngine(Engine):
     """Batched sampling with ``model.generate``; logprobs are those of the sampling distribution."""
 
     def __init__(self, model_path: str, dtype: torch.dtype, device: str, seed: int = 0):

@@ -38,6 +38,7 @@ import torch
 
 from rlstack import models
 from rlstack.types import Completion, SamplingParams
+from rollout.base import Engine
 
 Bucket = dict[str, torch.Tensor] | str
 """Tensors to send, or a bucket already serialized by ``serialize_flattened``."""
@@ -91,7 +92,7 @@ def sampled_logprobs(token_ids: Sequence[int], logprobs: Sequence[dict[int, floa
     return tuple(float(row[token]) for token, row in zip(token_ids, logprobs, strict=True))
 
 
-class LMDeployEngine:
+class LMDeployEngine(Engine):
     """``lmdeploy.pipeline`` with the PyTorch engine behind the engine interface."""
 
     def __init__(

@@ -41,3 +41,16 @@ def make_engine(recipe: Recipe) -> Engine:
             executor="uni" if recipe.rollout.lmdeploy_executor == "uni" else "ray",
         )
     raise ValueError(f"rollout.engine={recipe.rollout.engine!r}: unknown engine")
+
+
+def pack_bucket(engine: str, bucket: dict[str, torch.Tensor]) -> tuple[object, torch.Tensor]:
+    """A bucket of GPU tensors in the form ``engine`` opens over CUDA IPC: what to send, and the tensor that
+    must stay alive until the engine has loaded it (LMDeploy: a flattened bucket, serialized; vLLM: a
+    ``SharedBucket`` of views)."""
+    if engine == "lmdeploy":
+        from rollout.lmdeploy_engine import serialize_flattened
+
+        return serialize_flattened(bucket)
+    from rollout.shared_bucket import share
+
+    return share(bucket)

@@ -20,6 +20,7 @@ import torch
 
 from rlstack import models
 from rlstack.types import Completion, SamplingParams
+from rollout.base import Engine
 from rollout.shared_bucket import SharedBucket
 
 
@@ -34,7 +35,7 @@ def configure_environment(environ: MutableMapping[str, str], device: str) -> Non
         environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
 
 
-class VLLMEngine:
+class VLLMEngine(Engine):
     """``vllm.LLM`` behind the engine interface; logprobs are vLLM's own, after temperature and top-p."""
 
     def __init__(

@@ -1,6 +1,6 @@
 """SFT tokens/s with 1 and 2 FSDP2 ranks, and packing efficiency
 
-Throughput is real (unpadded) tokens per second of ``sft_step`` on the embedded SmolLM2,
+Throughput is real (unpadded) tokens per second of the trainer's SFT ``step`` on the embedded SmolLM2,
 with the same total CPU threads for both rank counts, measured side by side in one run.
 Packing efficiency is measured on the built-in arithmetic sets three ways: real tokens
 over the tokens the model processes (packed rows are never padded), over packs padded to

@@ -26,8 +26,7 @@ from actors.trainer import TrainerGroup
 from rlstack.bench.result import record_result
 from rlstack.config import Recipe, load_recipe
 from rlstack.data.batching import by_rank, shard
-from rlstack.data.packing import SFTExample
-from rlstack.types import Completion, PreferenceBatch, PreferencePair, Sample, SFTBatch, TrainBatch
+from rlstack.types import Completion, PreferenceBatch, PreferencePair, Sample, SFTBatch, SFTExample, TrainBatch
 
 RECIPE = "recipes/grpo_tiny_random.yaml"
 BACKENDS = {
@@ -62,7 +61,7 @@ def grpo_samples(num: int, prompt_len: int, response_len: int, seed: int) -> lis
 def on_policy(group: TrainerGroup, samples: list[Sample], num_ranks: int) -> list[TrainBatch]:
     """GRPO shards whose old logprobs are the current policy's, so the first step's ratios are 1."""
     shards = shard(samples, num_ranks)
-    logprobs = group.compute_logprobs(shards)
+    logprobs = group.logprobs(shards)
     num_tokens = sum(len(s.completion.token_ids) for s in samples)
     max_tokens = max(len(s.completion.token_ids) for s in samples)
     return [
@@ -104,15 +103,15 @@ def three_steps(recipe: Recipe) -> dict[str, float]:
     group = TrainerGroup(recipe)
     try:
         pairs = preference_pairs(8, 16, seed=3)
-        reference = group.pair_logprobs(by_rank(pairs, ranks))
+        reference = group.logprobs(by_rank(pairs, ranks))
         figures: dict[str, float] = {}
-        grpo = group.train_step(on_policy(group, grpo_samples(8, 24, 16, seed=1), ranks))
-        sft = group.sft_step(sft_batches(8, 32, seed=2, num_ranks=ranks))
+        grpo = group.step(on_policy(group, grpo_samples(8, 24, 16, seed=1), ranks))
+        sft = group.step(sft_batches(8, 32, seed=2, num_ranks=ranks))
         dpo_shards = [
             PreferenceBatch(tuple(share), tuple(ref), len(pairs))
             for share, ref in zip(by_rank(pairs, ranks), reference, strict=True)
         ]
-        dpo = group.dpo_step(dpo_shards)
+        dpo = group.step(dpo_shards)
         for name, metrics in (("grpo", grpo), ("sft", sft), ("dpo", dpo)):
             figures |= {f"{name}_loss": metrics["loss"], f"{name}_grad_norm": metrics["grad_norm"]}
         figures["weights_sum"] = sum(group.fingerprint().values())
@@ -133,7 +132,7 @@ def grpo_throughput(recipe: Recipe, num_steps: int, num_seqs: int, max_len: int)
         for _ in range(num_steps + 1):
             batches = on_policy(group, samples, ranks)
             start = time.perf_counter()
-            metrics = group.train_step(batches)
+            metrics = group.step(batches)
             rates.append(tokens / (time.perf_counter() - start))
             peaks.append(metrics.get("memory/peak_gib", 0.0))  # reported on a GPU only
     finally:

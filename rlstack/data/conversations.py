@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from transformers import PreTrainedTokenizerBase
 
-from rlstack.data.packing import SFTExample
+from rlstack.types import SFTExample
 
 
 def tokenize_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> SFTExample:

@@ -19,19 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True)
-class SFTExample:
-    """One tokenized conversation."""
-
-    input_ids: tuple[int, ...]
-    """Token ids of the whole rendered conversation."""
-    loss_mask: tuple[int, ...]
-    """1 where the token is an assistant token the model learns to predict, else 0; one per input id."""
-
-    def __post_init__(self) -> None:
-        if len(self.input_ids) != len(self.loss_mask):
-            raise ValueError(f"input_ids has {len(self.input_ids)} tokens but loss_mask has {len(self.loss_mask)}")
+from rlstack.types import SFTExample
 
 
 @dataclass(frozen=True)

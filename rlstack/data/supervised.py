@@ -25,10 +25,9 @@ from rlstack.data.dataset import (
     lookup,
     split_order,
 )
-from rlstack.data.packing import SFTExample
 from rlstack.data.prompts import Message, Prompt
 from rlstack.data.sources import open_rows
-from rlstack.types import PreferencePair
+from rlstack.types import PreferencePair, SFTExample
 
 WRONG_ANSWER_OFFSETS = (-3, -2, -1, 1, 2, 3)
 WRONG_ANSWER_STYLES = ("{working} = {wrong}", "The answer is {wrong}.")

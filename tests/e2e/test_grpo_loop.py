@@ -62,7 +62,7 @@ def test_trainer_logprobs_match_the_engine(ray_cluster, tmp_path, request):
         groups = controller.rollout.generate(prompts, SamplingParams(n=2, max_new_tokens=8, temperature=1.0, seed=5))
         samples = [Sample(tuple(p), c, 0.0) for p, g in zip(prompts, groups, strict=True) for c in g]
         shards = shard(samples, recipe.placement.num_trainer_ranks)
-        trainer = controller.trainer.compute_logprobs(shards)
+        trainer = controller.trainer.logprobs(shards)
     for part, logprobs in zip(shards, trainer, strict=True):
         for sample, row in zip(part, logprobs, strict=True):
             assert row == pytest.approx(list(sample.completion.logprobs), abs=1e-4)

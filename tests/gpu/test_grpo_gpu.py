@@ -53,7 +53,7 @@ def test_trainer_and_engine_logprobs_agree_on_gpu(ray_cluster, tmp_path, request
         prompts = [controller.prompt_ids(p) for p in controller.sampler.next_batch(8)]
         groups = controller.rollout.generate(prompts, SamplingParams(n=4, max_new_tokens=16, seed=3))
         samples = [Sample(tuple(p), c, 0.0) for p, g in zip(prompts, groups, strict=True) for c in g]
-        [trainer] = controller.trainer.compute_logprobs(shard(samples, 1))
+        [trainer] = controller.trainer.logprobs(shard(samples, 1))
         step = controller.train(samples)  # its logprobs come from shared-prompt rows
     engine = torch.tensor([lp for s in samples for lp in s.completion.logprobs])
     ours = torch.tensor([lp for row in trainer for lp in row])

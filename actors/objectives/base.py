@@ -1,0 +1,62 @@
+"""What an algorithm gives the trainer rank's one loop, and what the loop lends it.
+
+The loop (``actors.trainer.TrainerWorker.step``): the objective cuts this rank's share of
+the batch into micro-batches; the ranks align their counts with the objective's padding
+micro-batch (whose loss counts for nothing), so every rank runs the same collectives; for
+each micro-batch the objective returns its loss (its share of the whole batch's loss) and
+a ``[num_sums]`` float64 tensor of sums; the loop runs backward, the optimizer step, an
+all-reduce of the sums, and asks the objective to turn the sums into metrics.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import torch
+
+T = TypeVar("T")
+Align = Callable[[list[T], T], list[T]]
+"""``align(micro_batches, padding)``: ``micro_batches`` plus ``padding`` up to the largest count of any rank."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The models an objective computes with, and where."""
+
+    model: torch.nn.Module
+    """The policy being trained."""
+    reference: torch.nn.Module | None
+    """A frozen copy of the initial policy, when the recipe needs one online (KL, online DPO)."""
+    device: torch.device
+    pad_id: int
+    """The tokenizer's padding token."""
+
+
+class Objective(Protocol):
+    """One training algorithm's loss over a rank's share of a batch."""
+
+    @property
+    def sum_names(self) -> tuple[str, ...]:
+        """What each entry of a micro-batch's sums holds."""
+        ...
+
+    def micro_batches(self, batch: Any) -> list[Any]:
+        """This rank's share of ``batch`` in micro-batches under ``trainer.micro_batch_tokens``."""
+        ...
+
+    def padding(self, batch: Any) -> Any:
+        """A micro-batch whose loss and sums are zero, for a rank with fewer micro-batches than another."""
+        ...
+
+    def loss(self, policy: Policy, micro_batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The micro-batch's loss (its share of the batch's) and its ``[len(sum_names)]`` float64 sums."""
+        ...
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """The step's metrics from the sums over all micro-batches of all ranks."""
+        ...
+
+
+def stacked(*values: torch.Tensor) -> torch.Tensor:
+    """``[len(values)]`` float64 sums of a micro-batch, detached."""
+    return torch.stack([v.detach().double() for v in values])

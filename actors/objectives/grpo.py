@@ -1,0 +1,89 @@
+"""GRPO's objective: the PPO-clip surrogate on group-relative advantages, with an optional KL penalty.
+
+The samples run as shared-prompt rows (``rlstack.data.shared_prompt``): each prompt
+once, then its responses. The math is ``rlstack.algorithms``' (``clipped_surrogate``,
+``kl_penalty``, ``aggregate``); normalisers come from the whole batch, so a micro-batch's
+loss is its share of the batch's.
+"""
+
+import torch
+
+from actors.objectives.base import Align, Policy, stacked
+from rlstack.algorithms import aggregate, at_temperature, clipped_surrogate, kl_penalty, token_entropy, token_logprobs
+from rlstack.config import Recipe
+from rlstack.data.batching import collate, micro_batches, padding_sample
+from rlstack.data.shared_prompt import collate_shared_prompt, shared_prompt_rows
+from rlstack.forward import padded_response_logits, shared_prompt_logits
+from rlstack.types import Sample, TrainBatch
+
+
+class GRPOObjective:
+    sum_names = ("loss", "tokens", "clipped", "entropy", "kl", "logprob_mismatch")
+
+    def __init__(self, recipe: Recipe):
+        self.algo = recipe.algorithm
+        self.temperature = recipe.rollout.temperature
+        self.micro_batch_tokens = recipe.trainer.micro_batch_tokens
+        self.batch: TrainBatch | None = None
+
+    def micro_batches(self, batch: TrainBatch) -> list[list[list[Sample]]]:
+        self.batch = batch
+        return shared_prompt_rows(list(batch.samples), self.micro_batch_tokens)
+
+    def padding(self, batch: TrainBatch) -> list[list[Sample]]:
+        return [[padding_sample(batch.samples[0])]]
+
+    def loss(self, policy: Policy, row: list[list[Sample]]) -> tuple[torch.Tensor, torch.Tensor]:
+        algo, batch, device = self.algo, self.batch, policy.device
+        assert batch is not None
+        data = collate_shared_prompt(row, policy.pad_id)
+        mask = data.response_mask.to(device)
+        targets = data.token_ids.to(device)
+        logits = at_temperature(shared_prompt_logits(policy.model, data, device), self.temperature)
+        logprobs = data.scatter(token_logprobs(logits, targets))  # [B, R]
+        old = data.old_logprobs.to(device)
+        token_loss, clipped = clipped_surrogate(
+            logprobs, old, data.advantages.to(device), algo.clip_low, algo.clip_high
+        )
+        kl = torch.zeros_like(token_loss)
+        if policy.reference is not None:
+            with torch.no_grad():
+                ref_logits = shared_prompt_logits(policy.reference, data, device)
+                ref = data.scatter(token_logprobs(ref_logits, targets, self.temperature))
+            kl = kl_penalty(logprobs, ref, algo.kl_estimator)
+            token_loss = token_loss + algo.kl_coef * kl
+        loss = aggregate(token_loss, mask, algo.loss_agg, batch.num_tokens, batch.num_seqs, batch.max_tokens)
+        sums = stacked(
+            loss,
+            mask.sum(),
+            (clipped * mask).sum(),
+            (data.scatter(token_entropy(logits.detach())) * mask).sum(),
+            (kl.detach() * mask).sum(),
+            ((logprobs.detach() - old).abs() * mask).sum(),
+        )
+        return loss, sums
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        tokens = max(sums["tokens"], 1.0)
+        return {
+            "loss": sums["loss"],
+            "clip_fraction": sums["clipped"] / tokens,
+            "entropy": sums["entropy"] / tokens,
+            "kl": sums["kl"] / tokens,
+            "logprob_mismatch": sums["logprob_mismatch"] / tokens,
+        }
+
+    @torch.no_grad()
+    def logprobs(self, policy: Policy, samples: list[Sample], align: Align) -> list[list[float]]:
+        """Policy logprobs of each sample's response tokens, at the sampling temperature, in ``samples`` order,
+        from the padded layout (the reference the shared-prompt rows are checked against)."""
+        result: dict[int, list[float]] = {}  # by id(sample): micro-batches sort samples by length
+        groups = micro_batches(samples, self.micro_batch_tokens)
+        for group in align(groups, [padding_sample(samples[0])]):
+            data = collate(group, policy.pad_id)
+            logits = padded_response_logits(policy.model, data, policy.device)
+            logprobs = token_logprobs(logits, data.response_ids.to(policy.device), self.temperature)
+            for sample, row in zip(group, logprobs.cpu(), strict=True):
+                if not sample.masked:
+                    result[id(sample)] = row[: len(sample.completion.token_ids)].tolist()
+        return [result[id(sample)] for sample in samples]
