@@ -138,15 +138,9 @@ class RolloutGroup:
     def receive_weights(self, version: int) -> list[int]:
         return self._get([w.receive_weights.remote(version) for w in self.workers], "weight sync")
 
-    def policy_versions(self) -> list[int]:
-        return self._get([w.policy_version.remote() for w in self.workers], "policy_version")
-
     def nodes(self) -> list[str]:
         """The node of each engine actor."""
         return self._get([w.node_id.remote() for w in self.workers], "node_id")
-
-    def fingerprints(self) -> list[dict[str, float]]:
-        return self._get([w.fingerprint.remote() for w in self.workers], "fingerprint")
 
     def shutdown(self) -> None:
         for worker in self.workers:

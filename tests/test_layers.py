@@ -58,10 +58,10 @@ def test_no_module_imports_itself_through_others():
             node, path = stack.pop()
             for nxt in GRAPH[node]:
                 if nxt == start:
-                    return path + [start]
+                    return [*path, start]
                 if nxt not in seen:
                     seen.add(nxt)
-                    stack.append((nxt, path + [nxt]))
+                    stack.append((nxt, [*path, nxt]))
         return None
 
     cycles = [cycle for name in MODULES if (cycle := cycle_from(name))]

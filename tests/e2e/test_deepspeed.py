@@ -9,6 +9,7 @@ from rlstack.bench.trainer import BACKENDS, three_steps
 from rlstack.cli import main as rlstack_main
 from rlstack.config import load_recipe
 from rlstack.controller import GRPOController
+from tests.engines import fingerprints
 
 pytestmark = pytest.mark.e2e
 
@@ -55,7 +56,7 @@ def test_zero3_trains_syncs_resumes_exactly_and_its_export_seeds_fsdp2(ray_clust
         initial = controller.trainer.fingerprint()
         controller.run()
         straight = controller.trainer.fingerprint()
-        engine = controller.rollout.fingerprints()[0]
+        engine = fingerprints(controller.rollout)[0]
     assert engine == straight  # the engine got the gathered ZeRO-3 parameters
     assert sum(straight[name] != initial[name] for name in initial) > len(initial) // 2
     step_1 = tmp_path / "straight/checkpoints/step_1"

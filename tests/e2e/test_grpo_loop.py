@@ -8,6 +8,7 @@ from rlstack.config import load_recipe
 from rlstack.controller import GRPOController
 from rlstack.data.batching import shard
 from rlstack.types import Sample, SamplingParams
+from tests.engines import fingerprints, policy_versions
 
 pytestmark = pytest.mark.e2e
 
@@ -26,11 +27,11 @@ def test_two_grpo_steps_update_trainer_and_engine_to_the_same_version(ray_cluste
     )
     with GRPOController(recipe, tmp_path / "run") as controller:
         initial = controller.trainer.fingerprint()
-        assert controller.rollout.fingerprints()[0] == initial  # same seed, same random init
+        assert fingerprints(controller.rollout)[0] == initial  # same seed, same random init
         summary = controller.run()
         trainer_weights = controller.trainer.fingerprint()
-        engine_weights = controller.rollout.fingerprints()[0]
-        versions = controller.rollout.policy_versions()
+        engine_weights = fingerprints(controller.rollout)[0]
+        versions = policy_versions(controller.rollout)
     changed = [name for name in initial if trainer_weights[name] != initial[name]]
     assert len(changed) > len(initial) // 2
     assert engine_weights == trainer_weights

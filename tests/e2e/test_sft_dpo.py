@@ -7,6 +7,7 @@ import pytest
 from rlstack.config import load_recipe
 from rlstack.dpo import DPOController
 from rlstack.sft import SFTController
+from tests.engines import fingerprints
 
 pytestmark = pytest.mark.e2e
 
@@ -80,4 +81,4 @@ def test_an_sft_checkpoint_is_the_starting_model_of_dpo(ray_cluster, tmp_path, r
     dpo = load_recipe(tiny, ["algorithm.name=dpo", *COMMON, f"model.path={summary['checkpoint']}"])
     with DPOController(dpo, tmp_path / "dpo") as controller:
         assert controller.trainer.fingerprint() == trained
-        assert controller.rollout.fingerprints()[0] == pytest.approx(trained)
+        assert fingerprints(controller.rollout)[0] == pytest.approx(trained)

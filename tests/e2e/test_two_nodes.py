@@ -10,6 +10,7 @@ from ray.cluster_utils import Cluster
 
 from rlstack.config import load_recipe
 from rlstack.controller import GRPOController
+from tests.engines import fingerprints
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +52,7 @@ def test_groups_go_where_the_recipe_asks_and_train_across_nodes(two_nodes, tmp_p
     with GRPOController(recipe, tmp_path / "run") as controller:
         summary = controller.run()
         trainer_weights = controller.trainer.fingerprint()
-        engine_weights = controller.rollout.fingerprints()[0]
+        engine_weights = fingerprints(controller.rollout)[0]
     placement = json.loads((tmp_path / "run/placement.json").read_text())
     assert sorted(placement["trainer"]) == sorted(two_nodes.values())
     assert placement["rollout"] == [two_nodes["node_b"]]

@@ -8,6 +8,7 @@ from actors.rollout import RolloutGroup
 from rlstack.config import load_recipe
 from rlstack.controller import GRPOController
 from rlstack.types import SamplingParams
+from tests.engines import policy_versions
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +42,7 @@ def test_grpo_step_with_vllm_changes_the_engine_and_logs_a_small_logprob_mismatc
         before = controller.rollout.generate(prompts, greedy)
         summary = controller.run()
         after = controller.rollout.generate(prompts, greedy)
-        versions = controller.rollout.policy_versions()
+        versions = policy_versions(controller.rollout)
     assert versions == [1] == [summary["policy_version"]]
     assert {c.policy_version for g in after for c in g} == {1}
     assert [g[0].token_ids for g in after] != [g[0].token_ids for g in before]

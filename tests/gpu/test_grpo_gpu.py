@@ -7,6 +7,7 @@ from rlstack.config import load_recipe
 from rlstack.controller import GRPOController
 from rlstack.data.batching import shard
 from rlstack.types import Sample, SamplingParams
+from tests.engines import fingerprints, policy_versions
 
 pytestmark = [pytest.mark.gpu, pytest.mark.e2e]
 
@@ -36,8 +37,8 @@ def test_two_grpo_steps_on_one_gpu_with_nccl(ray_cluster, tmp_path, request):
         initial = controller.trainer.fingerprint()
         summary = controller.run()
         trained = controller.trainer.fingerprint()
-        engine = controller.rollout.fingerprints()[0]
-        versions = controller.rollout.policy_versions()
+        engine = fingerprints(controller.rollout)[0]
+        versions = policy_versions(controller.rollout)
     assert sum(trained[k] != initial[k] for k in initial) > len(initial) // 2
     assert engine == trained
     assert versions == [2] == [summary["policy_version"]]

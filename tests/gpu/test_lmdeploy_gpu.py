@@ -11,6 +11,7 @@ from rlstack.controller import GRPOController
 from rlstack.data.batching import shard
 from rlstack.data.chat import render_prompt
 from rlstack.types import Sample, SamplingParams
+from tests.engines import policy_versions
 
 pytestmark = [pytest.mark.gpu, pytest.mark.e2e]
 
@@ -97,7 +98,7 @@ def test_three_grpo_steps_colocated_with_cuda_ipc_and_sleep(ray_cluster, tmp_pat
     )
     with GRPOController(recipe, tmp_path / "run") as controller:
         summary = controller.run()
-        versions = controller.rollout.policy_versions()
+        versions = policy_versions(controller.rollout)
     assert versions == [3] == [summary["policy_version"]]
     steps = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     steps = [s for s in steps if "time/train" in s]

@@ -12,6 +12,7 @@ from rlstack.config import Recipe, load_recipe
 from rlstack.controller import GRPOController
 from rlstack.data.chat import render_prompt
 from rlstack.types import SamplingParams
+from tests.engines import fingerprints, policy_versions
 
 pytestmark = [pytest.mark.gpu, pytest.mark.e2e]
 
@@ -64,7 +65,7 @@ def test_a_grpo_step_changes_the_engine_and_logs_a_small_logprob_mismatch(ray_cl
         before = controller.rollout.generate(prompts, GREEDY)
         summary = controller.run()
         after = controller.rollout.generate(prompts, GREEDY)
-        versions = controller.rollout.policy_versions()
+        versions = policy_versions(controller.rollout)
     assert versions == [1] == [summary["policy_version"]]
     assert {c.policy_version for g in after for c in g} == {1}
     assert [g[0].token_ids for g in after] != [g[0].token_ids for g in before]
@@ -88,12 +89,12 @@ def test_a_gpu_transport_delivers_the_same_weights_as_the_object_store(
     recipe = one_step_recipe(request, tmp_path, f"rollout.weight_transport={transport}", *placement)
     with GRPOController(recipe, tmp_path / "run") as controller:
         controller.sync_weights()
-        initial = controller.rollout.fingerprints()[0]
+        initial = fingerprints(controller.rollout)[0]
         controller.run()  # trains, then syncs over the transport
-        synced = controller.rollout.fingerprints()[0]
+        synced = fingerprints(controller.rollout)[0]
         object_store = recipe.rollout.model_copy(update={"weight_transport": "object_store"})
         WeightSync(controller.trainer, controller.rollout, object_store).push(2)
-        fetched = controller.rollout.fingerprints()[0]
+        fetched = fingerprints(controller.rollout)[0]
     assert synced == fetched
     assert sum(synced[name] != initial[name] for name in initial) > len(initial) // 2
 
