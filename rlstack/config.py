@@ -408,6 +408,9 @@ class TrackingSection(Section):
     """wandb project."""
     console: bool = True
     """Show a progress bar and a line per step."""
+    tensorboard: bool = False
+    """Also write every numeric metric as a TensorBoard scalar, in ``<run_dir>/tensorboard/``
+    (``tensorboard --logdir runs``)."""
 
 
 class CheckpointSection(Section):

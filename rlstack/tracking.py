@@ -1,4 +1,4 @@
-"""Metrics sinks: the console (rich), a JSONL file in the run directory, and wandb."""
+"""Metrics sinks: the console (rich), a JSONL file in the run directory, wandb and TensorBoard."""
 
 import json
 import os
@@ -58,6 +58,11 @@ class Tracker:
             )
             self.task = self.progress.add_task("train", total=total_steps)
             self.progress.start()
+        self.tensorboard = None
+        if recipe.tracking.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
         self.run = None
         mode = wandb_mode(recipe.tracking.wandb)
         if mode != "disabled":
@@ -80,6 +85,11 @@ class Tracker:
         self.seq += 1
         if self.run is not None:
             self.run.log({k: v for k, v in metrics.items() if k not in MESSAGE_KEYS}, step=step)
+        if self.tensorboard is not None:
+            for key, value in metrics.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    self.tensorboard.add_scalar(key, value, global_step=step)
+            self.tensorboard.flush()
         if self.console is not None and self.progress is not None:
             shown = "  ".join(f"{k}={metrics[k]:.3g}" for k in CONSOLE_KEYS if k in metrics)
             self.console.print(f"step {step}  {shown}")
@@ -96,6 +106,8 @@ class Tracker:
             self.progress.stop()
         if self.run is not None:
             self.run.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         if self.reporter is not None:
             self.reporter.close()
         self.file.close()
