@@ -13,7 +13,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from safetensors.torch import load_file
 
 from actors.fsdp2_backend import FSDP2Backend
-from actors.objectives import Policy, make_objective
+from actors.objectives import Objective, Policy, make_objective
 from actors.placement import node_id, require_resources
 from rlstack import models
 from rlstack.checkpoint import readable, writable
@@ -65,7 +65,7 @@ class TrainerWorker:
             self.backend = FSDP2Backend(recipe, self.rank, self.world_size, init_method, needs_reference)
         self.model = self.backend.model
         self.policy = Policy(self.model, self.backend.reference, self.device, self.tokenizer.pad_token_id)
-        self.objective = make_objective(recipe, self.tokenizer.pad_token_id)
+        self.objectives: dict[str, Objective] = {}
         self.parameter_shapes = models.parameter_shapes(recipe.model.path)  # the bucket plan's input, every sync
         self.num_optimizer_steps = 0
 
@@ -100,13 +100,22 @@ class TrainerWorker:
             self.update_peak_gib,
         )  # fmt: skip
 
-    def step(self, batch: TrainBatch | SFTBatch | PreferenceBatch) -> dict[str, float]:
-        """One optimizer step of the recipe's objective over this rank's share of ``batch``.
+    def _objective(self, name: str | None) -> Objective:
+        """The objective called ``name``, by default the recipe's ``algorithm.name``; built on first use."""
+        name = name or self.recipe.algorithm.name
+        if name not in self.objectives:
+            self.objectives[name] = make_objective(self.recipe, self.tokenizer.pad_token_id, name)
+        return self.objectives[name]
+
+    def step(
+        self, batch: TrainBatch | SFTBatch | PreferenceBatch, objective_name: str | None = None
+    ) -> dict[str, float]:
+        """One optimizer step of the objective (the recipe's unless named) over this rank's share of ``batch``.
 
         The objective cuts the share into micro-batches (aligned in number across ranks) and gives each one's
         loss, its share of the whole batch's loss, so the backend only undoes its averaging over ranks.
         """
-        objective = self.objective
+        objective = self._objective(objective_name)
         self.model.train()
         sums = torch.zeros(len(objective.sum_names), dtype=torch.float64, device=self.device)
         for micro_batch in self._aligned(objective.micro_batches(batch), objective.padding(batch)):
@@ -117,18 +126,19 @@ class TrainerWorker:
         dist.all_reduce(sums)
         return {**objective.metrics(dict(zip(objective.sum_names, sums.tolist(), strict=True))), **step}
 
-    def logprobs(self, data: list[Sample] | list[PreferencePair]) -> list[Any]:
+    def logprobs(self, data: list[Sample] | list[PreferencePair], objective_name: str | None = None) -> list[Any]:
         """The policy's logprobs of each item, in order: each sample's response tokens (GRPO), each pair's
         ``(chosen, rejected)`` sums (DPO)."""
         self.model.eval()
-        return self.objective.logprobs(self.policy, data, self._aligned)  # type: ignore[attr-defined]
+        return self._objective(objective_name).logprobs(self.policy, data, self._aligned)  # type: ignore[attr-defined]
 
     def evaluate(self, examples: list[SFTExample]) -> dict[str, float]:
         """Held-out metrics of the objective over all ranks' shares (SFT: mean negative log-likelihood)."""
         self.model.eval()
-        sums = self.objective.evaluate(self.policy, examples, self._aligned)  # type: ignore[attr-defined]
+        objective = self._objective(None)
+        sums = objective.evaluate(self.policy, examples, self._aligned)  # type: ignore[attr-defined]
         dist.all_reduce(sums)
-        return self.objective.evaluation_metrics(sums)  # type: ignore[attr-defined]
+        return objective.evaluation_metrics(sums)  # type: ignore[attr-defined]
 
     @torch.no_grad()
     def full_buckets(self, bucket_mb: int, dtype: str, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
@@ -249,13 +259,18 @@ class TrainerGroup:
             self.shutdown()
             raise
 
-    def step(self, shards: list[TrainBatch] | list[SFTBatch] | list[PreferenceBatch]) -> dict[str, float]:
-        """One optimizer step, rank ``i`` on ``shards[i]``; returns rank 0's metrics (the sums are all-reduced)."""
-        return ray.get([w.step.remote(s) for w, s in zip(self.workers, shards, strict=True)])[0]
+    def step(
+        self, shards: list[TrainBatch] | list[SFTBatch] | list[PreferenceBatch], objective_name: str | None = None
+    ) -> dict[str, float]:
+        """One optimizer step of the recipe's objective (or the one named), rank ``i`` on ``shards[i]``; returns
+        rank 0's metrics (the sums are all-reduced)."""
+        return ray.get([w.step.remote(s, objective_name) for w, s in zip(self.workers, shards, strict=True)])[0]
 
-    def logprobs(self, shards: list[list[Sample]] | list[list[PreferencePair]]) -> list[list[Any]]:
+    def logprobs(
+        self, shards: list[list[Sample]] | list[list[PreferencePair]], objective_name: str | None = None
+    ) -> list[list[Any]]:
         """Each rank's ``TrainerWorker.logprobs`` of its shard."""
-        return ray.get([w.logprobs.remote(s) for w, s in zip(self.workers, shards, strict=True)])
+        return ray.get([w.logprobs.remote(s, objective_name) for w, s in zip(self.workers, shards, strict=True)])
 
     def evaluate(self, shards: list[list[SFTExample]]) -> dict[str, float]:
         return ray.get([w.evaluate.remote(s) for w, s in zip(self.workers, shards, strict=True)])[0]

@@ -9,9 +9,9 @@ from rlstack.config import Recipe
 __all__ = ["Objective", "Policy", "make_objective"]
 
 
-def make_objective(recipe: Recipe, pad_id: int) -> Objective:
-    """The objective of ``algorithm.name``."""
-    name = recipe.algorithm.name
+def make_objective(recipe: Recipe, pad_id: int, name: str | None = None) -> Objective:
+    """The objective called ``name`` (by default the recipe's ``algorithm.name``), with the recipe's settings."""
+    name = name or recipe.algorithm.name
     if name == "grpo":
         return GRPOObjective(recipe)
     if name == "sft":

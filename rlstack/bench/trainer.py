@@ -61,7 +61,7 @@ def grpo_samples(num: int, prompt_len: int, response_len: int, seed: int) -> lis
 def on_policy(group: TrainerGroup, samples: list[Sample], num_ranks: int) -> list[TrainBatch]:
     """GRPO shards whose old logprobs are the current policy's, so the first step's ratios are 1."""
     shards = shard(samples, num_ranks)
-    logprobs = group.logprobs(shards)
+    logprobs = group.logprobs(shards, "grpo")
     num_tokens = sum(len(s.completion.token_ids) for s in samples)
     max_tokens = max(len(s.completion.token_ids) for s in samples)
     return [
@@ -103,15 +103,15 @@ def three_steps(recipe: Recipe) -> dict[str, float]:
     group = TrainerGroup(recipe)
     try:
         pairs = preference_pairs(8, 16, seed=3)
-        reference = group.logprobs(by_rank(pairs, ranks))
+        reference = group.logprobs(by_rank(pairs, ranks), "dpo")
         figures: dict[str, float] = {}
-        grpo = group.step(on_policy(group, grpo_samples(8, 24, 16, seed=1), ranks))
-        sft = group.step(sft_batches(8, 32, seed=2, num_ranks=ranks))
+        grpo = group.step(on_policy(group, grpo_samples(8, 24, 16, seed=1), ranks), "grpo")
+        sft = group.step(sft_batches(8, 32, seed=2, num_ranks=ranks), "sft")
         dpo_shards = [
             PreferenceBatch(tuple(share), tuple(ref), len(pairs))
             for share, ref in zip(by_rank(pairs, ranks), reference, strict=True)
         ]
-        dpo = group.step(dpo_shards)
+        dpo = group.step(dpo_shards, "dpo")
         for name, metrics in (("grpo", grpo), ("sft", sft), ("dpo", dpo)):
             figures |= {f"{name}_loss": metrics["loss"], f"{name}_grad_norm": metrics["grad_norm"]}
         figures["weights_sum"] = sum(group.fingerprint().values())
