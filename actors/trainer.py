@@ -13,7 +13,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from safetensors.torch import load_file
 
 from actors.fsdp2_backend import FSDP2Backend
-from actors.objectives import Objective, Policy, make_objective
+from actors.objectives import HeldOutLoss, ItemLogprobs, Objective, Policy, make_objective
 from actors.placement import node_id, require_resources
 from rlstack import models
 from rlstack.checkpoint import readable, writable
@@ -129,16 +129,21 @@ class TrainerWorker:
     def logprobs(self, data: list[Sample] | list[PreferencePair], objective_name: str | None = None) -> list[Any]:
         """The policy's logprobs of each item, in order: each sample's response tokens (GRPO), each pair's
         ``(chosen, rejected)`` sums (DPO)."""
+        objective = self._objective(objective_name)
+        if not isinstance(objective, ItemLogprobs):
+            raise TypeError(f"{type(objective).__name__} scores no items; logprobs needs GRPO's or DPO's objective")
         self.model.eval()
-        return self._objective(objective_name).logprobs(self.policy, data, self._aligned)  # type: ignore[attr-defined]
+        return objective.logprobs(self.policy, data, self._aligned)
 
     def evaluate(self, examples: list[SFTExample]) -> dict[str, float]:
         """Held-out metrics of the objective over all ranks' shares (SFT: mean negative log-likelihood)."""
-        self.model.eval()
         objective = self._objective(None)
-        sums = objective.evaluate(self.policy, examples, self._aligned)  # type: ignore[attr-defined]
+        if not isinstance(objective, HeldOutLoss):
+            raise TypeError(f"{type(objective).__name__} has no held-out loss; evaluate needs SFT's objective")
+        self.model.eval()
+        sums = objective.evaluate(self.policy, examples, self._aligned)
         dist.all_reduce(sums)
-        return objective.evaluation_metrics(sums)  # type: ignore[attr-defined]
+        return objective.evaluation_metrics(sums)
 
     @torch.no_grad()
     def full_buckets(self, bucket_mb: int, dtype: str, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:

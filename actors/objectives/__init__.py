@@ -1,12 +1,12 @@
 """Training objectives: what each algorithm gives the trainer rank's one loop (``base.Objective``)."""
 
-from actors.objectives.base import Objective, Policy
+from actors.objectives.base import HeldOutLoss, ItemLogprobs, Objective, Policy
 from actors.objectives.dpo import DPOObjective
 from actors.objectives.grpo import GRPOObjective
 from actors.objectives.sft import SFTObjective
 from rlstack.config import Recipe
 
-__all__ = ["Objective", "Policy", "make_objective"]
+__all__ = ["HeldOutLoss", "ItemLogprobs", "Objective", "Policy", "make_objective"]
 
 
 def make_objective(recipe: Recipe, pad_id: int, name: str | None = None) -> Objective:

@@ -10,7 +10,7 @@ all-reduce of the sums, and asks the objective to turn the sums into metrics.
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 
@@ -54,6 +54,28 @@ class Objective(Protocol):
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         """The step's metrics from the sums over all micro-batches of all ranks."""
+        ...
+
+
+@runtime_checkable
+class ItemLogprobs(Protocol):
+    """An objective that scores each item of a batch under the policy (GRPO's samples, DPO's pairs)."""
+
+    def logprobs(self, policy: Policy, data: list[Any], align: Align) -> list[Any]:
+        """The policy's logprobs of each item, in order."""
+        ...
+
+
+@runtime_checkable
+class HeldOutLoss(Protocol):
+    """An objective with a held-out loss of its own (SFT)."""
+
+    def evaluate(self, policy: Policy, data: list[Any], align: Align) -> torch.Tensor:
+        """Sums over this rank's share, to all-reduce."""
+        ...
+
+    def evaluation_metrics(self, sums: torch.Tensor) -> dict[str, float]:
+        """The metrics from the sums over all ranks."""
         ...
 
 
