@@ -119,7 +119,7 @@ class TrainerWorker:
         self.model.train()
         sums = torch.zeros(len(objective.sum_names), dtype=torch.float64, device=self.device)
         for micro_batch in self._aligned(objective.micro_batches(batch), objective.padding(batch)):
-            loss, micro_sums = objective.loss(self.policy, micro_batch)
+            loss, micro_sums = objective.loss(self.policy, batch, micro_batch)
             self.backend.backward(loss)
             sums += micro_sums
         step = self._optimizer_step()

@@ -451,9 +451,11 @@ class Recipe(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _resolve_auto_dtypes(cls, data: Any) -> Any:
-        """Replace ``auto`` dtypes by the one that is fast on ``placement.device`` of this machine, so that
-        every actor, and the run's saved recipe, sees the same concrete dtype."""
+    def _resolve_autos(cls, data: Any) -> Any:
+        """Replace what ``auto`` depends on the rest of the recipe for, so that every actor, and the run's saved
+        recipe, sees the concrete value: dtypes (the one fast on ``placement.device`` of this machine),
+        ``rollout.lmdeploy_executor`` (``uni`` on one GPU with a model that has weights, else ``ray``), and
+        ``rollout.sleep_while_training`` (``false`` for engines that cannot sleep; LMDeploy decides per update)."""
         if not isinstance(data, dict):
             return data
         sections = {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in data.items()}
@@ -463,22 +465,18 @@ class Recipe(Section):
             section = sections.get(name)
             if isinstance(section, dict) and section.get(key) == "auto":
                 sections[name] = {**section, key: resolve_dtype("auto", device)}
-        return sections
-
-    @model_validator(mode="before")
-    @classmethod
-    def _resolve_auto_executor(cls, data: Any) -> Any:
-        """Replace ``rollout.lmdeploy_executor=auto`` by ``uni`` on one GPU with a model that has weights, else
-        ``ray``."""
-        if not isinstance(data, dict):
-            return data
-        sections = {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in data.items()}
         rollout, model = sections.get("rollout"), sections.get("model")
-        if isinstance(rollout, dict) and rollout.get("lmdeploy_executor", "auto") == "auto":
-            path = model.get("path", "") if isinstance(model, dict) else ""
-            one_gpu = rollout.get("tensor_parallel_size", 1) == 1
-            executor = "uni" if one_gpu and not str(path).startswith(RANDOM_PREFIX) else "ray"
-            sections["rollout"] = {**rollout, "lmdeploy_executor": executor}
+        if isinstance(rollout, dict):
+            if rollout.get("lmdeploy_executor", "auto") == "auto":
+                path = str(model.get("path", "")) if isinstance(model, dict) else ""
+                one_gpu = rollout.get("tensor_parallel_size", 1) == 1
+                rollout = {
+                    **rollout,
+                    "lmdeploy_executor": "uni" if one_gpu and not path.startswith(RANDOM_PREFIX) else "ray",
+                }
+            if rollout.get("sleep_while_training", "auto") == "auto" and rollout.get("engine") != "lmdeploy":
+                rollout = {**rollout, "sleep_while_training": False}
+            sections["rollout"] = rollout
         return sections
 
     @model_validator(mode="after")

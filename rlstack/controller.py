@@ -327,8 +327,6 @@ class GRPOController(Controller):
         setting = self.recipe.rollout.sleep_while_training
         if setting != "auto":
             return setting
-        if self.recipe.rollout.engine != "lmdeploy":
-            return False
         memory = self.trainer.gpu_memory()
         if not all(memory):
             return True  # the first update: its need is not known yet

@@ -198,7 +198,8 @@ class LMDeployEngine(Engine):
         if self.executor == "uni" and not isinstance(bucket, str):
             self._load_in_process(on_gpu(bucket), finished)
             return
-        serialized, flat = (bucket, None) if isinstance(bucket, str) else serialize_flattened(on_gpu(bucket))
+        # the flat tensor behind the handles stays referenced until update_params has copied it
+        serialized, _flat = (bucket, None) if isinstance(bucket, str) else serialize_flattened(on_gpu(bucket))
         request = UpdateParamsRequest(
             serialized_named_tensors=serialized, load_format="flattened_bucket", finished=finished
         )
@@ -206,7 +207,6 @@ class LMDeployEngine(Engine):
             self.engine.engine.executor.model_agent.update_params(request)
         else:
             self.engine.engine.update_params(request)
-        del flat  # the workers have copied it
 
     def _load_in_process(self, tensors: dict[str, torch.Tensor], finished: bool) -> None:
         """What ``update_params`` does with a bucket, for tensors already in this process."""

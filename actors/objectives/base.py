@@ -48,8 +48,9 @@ class Objective(Protocol):
         """A micro-batch whose loss and sums are zero, for a rank with fewer micro-batches than another."""
         ...
 
-    def loss(self, policy: Policy, micro_batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """The micro-batch's loss (its share of the batch's) and its ``[len(sum_names)]`` float64 sums."""
+    def loss(self, policy: Policy, batch: Any, micro_batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of ``micro_batch``, one of ``batch``'s (its share of the batch's, with the batch's normalisers),
+        and its ``[len(sum_names)]`` float64 sums."""
         ...
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:

@@ -26,10 +26,8 @@ class DPOObjective:
     def __init__(self, recipe: Recipe):
         self.algo = recipe.algorithm
         self.micro_batch_tokens = recipe.trainer.micro_batch_tokens
-        self.batch: PreferenceBatch | None = None
 
     def micro_batches(self, batch: PreferenceBatch) -> list[PairIndices]:
-        self.batch = batch
         return self.groups(list(batch.pairs))
 
     def groups(self, pairs: list[PreferencePair]) -> list[PairIndices]:
@@ -51,9 +49,8 @@ class DPOObjective:
     def padding(self, batch: PreferenceBatch | None = None) -> PairIndices:
         return None
 
-    def loss(self, policy: Policy, group: PairIndices) -> tuple[torch.Tensor, torch.Tensor]:
-        algo, batch = self.algo, self.batch
-        assert batch is not None
+    def loss(self, policy: Policy, batch: PreferenceBatch, group: PairIndices) -> tuple[torch.Tensor, torch.Tensor]:
+        algo = self.algo
         pairs = list(batch.pairs)
         members = [pairs[i] for i in group] if group is not None else pairs[:1]
         chosen_rejected = pair_logprobs(policy, policy.model, members)  # [2, n]

@@ -24,22 +24,20 @@ class GRPOObjective:
         self.algo = recipe.algorithm
         self.temperature = recipe.rollout.temperature
         self.micro_batch_tokens = recipe.trainer.micro_batch_tokens
-        self.batch: TrainBatch | None = None
 
     def micro_batches(self, batch: TrainBatch) -> list[list[list[Sample]]]:
-        self.batch = batch
         return shared_prompt_rows(list(batch.samples), self.micro_batch_tokens)
 
     def padding(self, batch: TrainBatch) -> list[list[Sample]]:
         return [[padding_sample(batch.samples[0])]]
 
-    def loss(self, policy: Policy, row: list[list[Sample]]) -> tuple[torch.Tensor, torch.Tensor]:
-        algo, batch, device = self.algo, self.batch, policy.device
-        assert batch is not None
+    def loss(self, policy: Policy, batch: TrainBatch, row: list[list[Sample]]) -> tuple[torch.Tensor, torch.Tensor]:
+        algo, device = self.algo, policy.device
         data = collate_shared_prompt(row, policy.pad_id)
+        attention_mask = data.attention_mask(device)  # built once, for the policy and the reference
         mask = data.response_mask.to(device)
         targets = data.token_ids.to(device)
-        logits = at_temperature(shared_prompt_logits(policy.model, data, device), self.temperature)
+        logits = at_temperature(shared_prompt_logits(policy.model, data, device, attention_mask), self.temperature)
         logprobs = data.scatter(token_logprobs(logits, targets))  # [B, R]
         old = data.old_logprobs.to(device)
         token_loss, clipped = clipped_surrogate(
@@ -48,7 +46,7 @@ class GRPOObjective:
         kl = torch.zeros_like(token_loss)
         if policy.reference is not None:
             with torch.no_grad():
-                ref_logits = shared_prompt_logits(policy.reference, data, device)
+                ref_logits = shared_prompt_logits(policy.reference, data, device, attention_mask)
                 ref = data.scatter(token_logprobs(ref_logits, targets, self.temperature))
             kl = kl_penalty(logprobs, ref, algo.kl_estimator)
             token_loss = token_loss + algo.kl_coef * kl

@@ -21,10 +21,8 @@ class SFTObjective:
     def __init__(self, recipe: Recipe, pad_id: int):
         self.micro_batch_tokens = recipe.trainer.micro_batch_tokens
         self.pad_id = pad_id
-        self.num_tokens = 0
 
     def micro_batches(self, batch: SFTBatch) -> list[PackedRow]:
-        self.num_tokens = batch.num_tokens
         return self.rows(list(batch.examples))
 
     def rows(self, examples: list[SFTExample]) -> list[PackedRow]:
@@ -38,9 +36,9 @@ class SFTObjective:
     def padding(self, batch: SFTBatch | None = None) -> PackedRow:
         return collate_packed([SFTExample((self.pad_id,), (0,))], self.pad_id, 1)
 
-    def loss(self, policy: Policy, row: PackedRow) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, policy: Policy, batch: SFTBatch, row: PackedRow) -> tuple[torch.Tensor, torch.Tensor]:
         mask = row.target_mask.to(policy.device)
-        loss, _ = sft_loss(packed_logprobs(policy, row), mask, self.num_tokens)
+        loss, _ = sft_loss(packed_logprobs(policy, row), mask, batch.num_tokens)
         return loss, stacked(loss, mask.sum())
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
