@@ -353,6 +353,18 @@ class TrainerSection(Section):
     compute_dtype: Literal["auto", "float32", "bfloat16"] = "float32"
     """Forward and backward dtype, ``auto`` as for ``rollout.dtype``; master weights stay float32 (FSDP2 also
     reduces gradients in float32)."""
+    attention: Literal["auto", "sdpa", "flex"] = "auto"
+    """Attention kernels of the trainer's forward: ``sdpa`` with dense ``[L, L]`` masks for shared-prompt rows,
+    or ``flex`` (PyTorch FlexAttention with a block mask built from the rows' trees, which skips masked blocks);
+    ``auto`` is ``flex`` on a GPU and ``sdpa`` on the CPU, the faster on each."""
+    logits_chunk_tokens: int = 1024
+    """The sampled tokens' logprobs and entropies are computed this many tokens at a time, recomputed in
+    backward, so at most ``[logits_chunk_tokens, vocab]`` logits exist at once."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer's activations in backward instead of keeping them: less memory, more
+    compute."""
+    compile: bool = False
+    """``torch.compile`` each decoder layer of the policy (the first steps compile)."""
     num_steps: int = 10
     """Training steps (rollout + update) to run."""
     seed: int = 0
@@ -455,7 +467,8 @@ class Recipe(Section):
         """Replace what ``auto`` depends on the rest of the recipe for, so that every actor, and the run's saved
         recipe, sees the concrete value: dtypes (the one fast on ``placement.device`` of this machine),
         ``rollout.lmdeploy_executor`` (``uni`` on one GPU with a model that has weights, else ``ray``), and
-        ``rollout.sleep_while_training`` (``false`` for engines that cannot sleep; LMDeploy decides per update)."""
+        ``rollout.sleep_while_training`` (``false`` for engines that cannot sleep; LMDeploy decides per update) and
+        ``trainer.attention`` (``flex`` on a GPU, ``sdpa`` on the CPU)."""
         if not isinstance(data, dict):
             return data
         sections = {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in data.items()}
@@ -477,6 +490,9 @@ class Recipe(Section):
             if rollout.get("sleep_while_training", "auto") == "auto" and rollout.get("engine") != "lmdeploy":
                 rollout = {**rollout, "sleep_while_training": False}
             sections["rollout"] = rollout
+        trainer = sections.get("trainer", {})
+        if isinstance(trainer, dict) and trainer.get("attention", "auto") == "auto":
+            sections["trainer"] = {**trainer, "attention": "flex" if device == "cuda" else "sdpa"}
         return sections
 
     @model_validator(mode="after")
