@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlstack.hardware import resolve_dtype
 
@@ -423,6 +423,9 @@ class TrackingSection(Section):
     tensorboard: bool = False
     """Also write every numeric metric as a TensorBoard scalar, in ``<run_dir>/tensorboard/``
     (``tensorboard --logdir runs``)."""
+    num_logged_samples: int = Field(default=8, ge=0, le=64)
+    """GRPO: groups of rollouts kept per step for reading (each kept group's prompt and all its samples, with
+    their scores and advantages), in ``<run_dir>/samples.jsonl``, a wandb table and the run page; 0 keeps none."""
 
 
 class CheckpointSection(Section):

@@ -40,6 +40,7 @@ from rlstack.data.batching import chunks, shard
 from rlstack.data.chat import render_prompt
 from rlstack.data.dataset import RunData, load_prompt_data
 from rlstack.data.prompts import EpochSampler, Prompt
+from rlstack.samples import SampleLog
 from rlstack.tracking import Tracker, plot_run
 from rlstack.types import Completion, Sample, SamplingParams, TrainBatch
 
@@ -96,6 +97,7 @@ class Controller:
             self.shutdown()
             raise
         self.tracker = Tracker(recipe, run_dir, recipe.trainer.num_steps)
+        self.samples = SampleLog(run_dir, recipe.tracking.num_logged_samples, self.tracker.run)
 
     @staticmethod
     def load_data(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> RunData:
@@ -294,6 +296,7 @@ class GRPOController(Controller):
                 with timed(metrics, "sync"):
                     self.policy_version += 1
                     self.sync_weights()
+        self.samples.log(step, batch, groups, scores, advantages)
         completions = [c for group in groups for c in group]
         generated = sum(len(c.token_ids) for c in completions)
         identical = sum(len({c.token_ids for c in group}) == 1 for group in groups) / len(groups)
