@@ -33,14 +33,18 @@ from rlstack.api.schemas import (
     RecipeInfo,
     Report,
     RunCreated,
+    RunFile,
     RunPage,
+    RunRecipe,
     RunRequest,
     RunView,
+    SamplePage,
     Status,
 )
 from rlstack.api.store import STATUSES, TERMINAL, RunRecord, Store
 from rlstack.config import Recipe, RecipeError, apply_override, describe_error
 from rlstack.reporting import ENV_RUN, ENV_TOKEN, ENV_URL
+from rlstack.samples import SAMPLES_FILE, read_samples
 
 RECIPES = ROOT / "recipes"
 PAGE = Path(__file__).parent / "static" / "index.html"
@@ -103,6 +107,14 @@ def read_jsonl(run_dir: str) -> list[tuple[int, dict[str, Any]]]:
         except json.JSONDecodeError:
             break  # a line still being written
     return records
+
+
+def run_files(run_dir: str) -> dict[str, Path]:
+    """The files a run's page links to, by path in the run directory: its own files (``summary.json``,
+    ``recipe.yaml``, ``metrics.jsonl``, ...), ``logs/*`` and each local checkpoint's files."""
+    root = Path(run_dir)
+    found = [*root.glob("*"), *root.glob("logs/*"), *root.glob("checkpoints/step_*/*")]
+    return {str(p.relative_to(root)): p for p in sorted(found) if p.is_file() and not p.is_symlink()}
 
 
 def unavailable(detail: str) -> HTTPException:
@@ -421,6 +433,35 @@ def create_app(
             Checkpoint(step=int(p.name.split("_")[1]), path=str(p), files=sorted(f.name for f in p.iterdir()))
             for p in found
         ]
+
+    @app.get("/v1/runs/{run_id}/samples", dependencies=auth, response_model=SamplePage)
+    def samples(run_id: str, step: Annotated[int | None, Query(ge=0, le=10**9)] = None) -> Response:
+        """The rollouts a GRPO run kept at ``step`` (by default its latest step with any): prompt, completion,
+        each reward function's score, advantage, finish reason, policy version; and every step that kept some."""
+        steps, shown, found = read_samples(Path(known(run_id).run_dir) / SAMPLES_FILE, step)
+        return as_json(SamplePage.model_validate({"steps": steps, "step": shown, "samples": found}))
+
+    @app.get("/v1/runs/{run_id}/recipe", dependencies=auth)
+    def recipe(run_id: str) -> RunRecipe:
+        """The validated recipe the run saved in its run directory, else the one validated at submission."""
+        run = known(run_id)
+        saved = Path(run.run_dir) / "recipe.yaml"
+        if saved.is_file():
+            return RunRecipe(recipe=yaml.safe_load(saved.read_text()), source="run_dir")
+        return RunRecipe(recipe=run.recipe, source="service")
+
+    @app.get("/v1/runs/{run_id}/files", dependencies=auth)
+    def files(run_id: str) -> list[RunFile]:
+        """The run directory's own files, its ``logs/`` and its local checkpoints' files, by path."""
+        return [RunFile(path=name, num_bytes=p.stat().st_size) for name, p in run_files(known(run_id).run_dir).items()]
+
+    @app.get("/v1/runs/{run_id}/files/{path:path}", dependencies=auth, responses={404: {"description": "No such file"}})
+    def file(run_id: str, path: str) -> FileResponse:
+        """One of the files ``/files`` lists; nothing else of the machine can be named."""
+        found = run_files(known(run_id).run_dir).get(path)
+        if found is None:
+            raise HTTPException(404, f"run {run_id!r} has no file {path!r}")
+        return FileResponse(found)
 
     @app.post("/v1/runs/{run_id}/report", status_code=204)
     def report(run_id: str, body: Report, supplied: Annotated[str, Depends(supplied_token)]) -> None:

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rlstack.config import Recipe
+from rlstack.samples import LoggedSample
 
 Status = Literal["pending", "running", "succeeded", "failed", "stopped"]
 
@@ -107,3 +108,28 @@ class RecipeInfo(Body):
     path: str
     description: str
     """The recipe's opening comment."""
+
+
+class SamplePage(Body):
+    """The rollouts a GRPO run kept at one step (``tracking.num_logged_samples`` groups of it)."""
+
+    steps: list[int]
+    """Every step with kept samples, oldest first."""
+    step: int | None
+    """The step shown: the one asked for, else the latest; ``None`` while no step has kept any."""
+    samples: list[LoggedSample]
+    """Its samples, in group order."""
+
+
+class RunRecipe(Body):
+    recipe: dict[str, Any]
+    """The validated recipe, with every ``auto`` resolved as the run resolved it."""
+    source: Literal["run_dir", "service"]
+    """``run_dir``: the ``recipe.yaml`` the run wrote; ``service``: as validated at submission, until the run has
+    written its own."""
+
+
+class RunFile(Body):
+    path: str
+    """Relative to the run directory, e.g. ``summary.json`` or ``checkpoints/step_2/model.safetensors``."""
+    num_bytes: int
