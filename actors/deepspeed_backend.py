@@ -15,11 +15,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
 from actors.optim import adamw, lr_scheduler
 from rlstack import models
 from rlstack.checkpoint import readable, writable
 from rlstack.config import Recipe
+from rlstack.forward import add_response_scoring
 
 TAG = "zero"
 """The DeepSpeed checkpoint tag under ``<checkpoint>/deepspeed/``."""
@@ -80,7 +82,9 @@ class DeepSpeedBackend:
         self.world_size = world_size
         self.stage = recipe.trainer.deepspeed.zero_stage
         config = deepspeed_config(recipe)
-        model = models.load_model(recipe.model.path, dtype=torch.float32, seed=recipe.model.seed)
+        model = self._model()
+        if recipe.trainer.activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.engine, *_ = deepspeed.initialize(
             model=model,
             optimizer=adamw(model.parameters(), recipe.trainer),
@@ -92,12 +96,21 @@ class DeepSpeedBackend:
         self.scheduler = self.engine.lr_scheduler
         self.reference = self._reference(config) if reference else None
 
+    def _model(self) -> PreTrainedModel:
+        """The float32 model with the recipe's attention, and ``score_responses`` (the engine passes attributes it
+        lacks through to its module)."""
+        trainer = self.recipe.trainer
+        model = models.load_model(
+            self.recipe.model.path, dtype=torch.float32, seed=self.recipe.model.seed, attention=trainer.attention
+        )
+        add_response_scoring(model, trainer.logits_chunk_tokens)
+        return model
+
     def _reference(self, config: dict[str, Any]) -> torch.nn.Module:
         """A frozen copy of the initial policy: partitioned too under ZeRO-3, else whole in the compute dtype."""
         import deepspeed
 
-        model = models.load_model(self.recipe.model.path, dtype=torch.float32, seed=self.recipe.model.seed)
-        model.requires_grad_(False)
+        model = self._model().requires_grad_(False)
         if self.stage == 3:
             inference = {
                 k: v for k, v in config.items() if k not in ("gradient_clipping", "zero_allow_untested_optimizer")

@@ -13,13 +13,14 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 
 from actors.optim import adamw, lr_scheduler
 from rlstack import models
 from rlstack.config import Recipe
+from rlstack.forward import SCORE_METHOD, add_response_scoring
 
 
 class FSDP2Backend:
@@ -42,19 +43,28 @@ class FSDP2Backend:
         )
         self.module = self._sharded_model()
         self.model: torch.nn.Module = self.module
-        self.reference = self._sharded_model().requires_grad_(False) if reference else None
+        self.reference = self._sharded_model(trained=False).requires_grad_(False) if reference else None
         self.optimizer = adamw(self.module.parameters(), recipe.trainer)
         self.scheduler = lr_scheduler(self.optimizer, recipe)
 
-    def _sharded_model(self) -> PreTrainedModel:
-        model = models.load_model(self.recipe.model.path, dtype=torch.float32, seed=self.recipe.model.seed)
-        model.to(self.device)  # type: ignore[arg-type]  # transformers' decorator confuses mypy
-        policy = MixedPrecisionPolicy(
-            param_dtype=getattr(torch, self.recipe.trainer.compute_dtype), reduce_dtype=torch.float32
+    def _sharded_model(self, trained: bool = True) -> PreTrainedModel:
+        """The model sharded per decoder layer, with ``score_responses``; the policy (``trained``) also gets the
+        recipe's activation checkpointing and per-layer ``torch.compile``."""
+        trainer = self.recipe.trainer
+        model = models.load_model(
+            self.recipe.model.path, dtype=torch.float32, seed=self.recipe.model.seed, attention=trainer.attention
         )
+        model.to(self.device)  # type: ignore[arg-type]  # transformers' decorator confuses mypy
+        if trained and trainer.activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        policy = MixedPrecisionPolicy(param_dtype=getattr(torch, trainer.compute_dtype), reduce_dtype=torch.float32)
         for layer in model.model.layers:
+            if trained and trainer.compile:
+                layer.compile()
             fully_shard(layer, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
+        add_response_scoring(model, trainer.logits_chunk_tokens)
+        register_fsdp_forward_method(model, SCORE_METHOD)
         return model
 
     def backward(self, loss: torch.Tensor) -> None:

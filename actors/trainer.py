@@ -64,7 +64,9 @@ class TrainerWorker:
         else:
             self.backend = FSDP2Backend(recipe, self.rank, self.world_size, init_method, needs_reference)
         self.model = self.backend.model
-        self.policy = Policy(self.model, self.backend.reference, self.device, self.tokenizer.pad_token_id)
+        attention = recipe.trainer.attention
+        assert attention != "auto", "the recipe resolves trainer.attention"
+        self.policy = Policy(self.model, self.backend.reference, self.device, self.tokenizer.pad_token_id, attention)
         self.objectives: dict[str, Objective] = {}
         self.parameter_shapes = models.parameter_shapes(recipe.model.path)  # the bucket plan's input, every sync
         self.num_optimizer_steps = 0

@@ -145,13 +145,21 @@ def random_config(preset: str, vocab_size: int) -> LlamaConfig:
     )
 
 
-def load_model(path: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> PreTrainedModel:
-    """Build the causal LM named by ``path`` on the CPU. ``random:`` weights depend only on ``seed``."""
+ATTENTION_IMPLEMENTATIONS = {"sdpa": "sdpa", "flex": "flex_attention"}
+"""transformers' name of each ``trainer.attention``."""
+
+
+def load_model(
+    path: str, dtype: torch.dtype = torch.float32, seed: int = 0, attention: str = "sdpa"
+) -> PreTrainedModel:
+    """Build the causal LM named by ``path`` on the CPU, with ``attention`` (``sdpa`` or ``flex``) kernels.
+    ``random:`` weights depend only on ``seed``."""
+    implementation = ATTENTION_IMPLEMENTATIONS[attention]
     if path.startswith(RANDOM_PREFIX):
         config = random_config(path.removeprefix(RANDOM_PREFIX), vocab_size=len(load_tokenizer(path)))
         torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return AutoModelForCausalLM.from_pretrained(resolve(path), dtype=dtype)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=implementation)
+    return AutoModelForCausalLM.from_pretrained(resolve(path), dtype=dtype, attn_implementation=implementation)
 
 
 def engine_dir(path: str) -> str:

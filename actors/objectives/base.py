@@ -14,6 +14,8 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 
+from rlstack.data.attention import Attention
+
 T = TypeVar("T")
 Align = Callable[[list[T], T], list[T]]
 """``align(micro_batches, padding)``: ``micro_batches`` plus ``padding`` up to the largest count of any rank."""
@@ -30,6 +32,8 @@ class Policy:
     device: torch.device
     pad_id: int
     """The tokenizer's padding token."""
+    attention: Attention = "sdpa"
+    """The attention kernels the models run with (``trainer.attention``), which decides the masks' form."""
 
 
 class Objective(Protocol):

@@ -9,11 +9,11 @@ loss is its share of the batch's.
 import torch
 
 from actors.objectives.base import Align, Policy, stacked
-from rlstack.algorithms import aggregate, at_temperature, clipped_surrogate, kl_penalty, token_entropy, token_logprobs
+from rlstack.algorithms import aggregate, clipped_surrogate, kl_penalty, token_logprobs
 from rlstack.config import Recipe
 from rlstack.data.batching import collate, micro_batches, padding_sample
 from rlstack.data.shared_prompt import collate_shared_prompt, shared_prompt_rows
-from rlstack.forward import padded_response_logits, shared_prompt_logits
+from rlstack.forward import padded_response_logits, shared_prompt_scores
 from rlstack.types import Sample, TrainBatch
 
 
@@ -34,11 +34,10 @@ class GRPOObjective:
     def loss(self, policy: Policy, batch: TrainBatch, row: list[list[Sample]]) -> tuple[torch.Tensor, torch.Tensor]:
         algo, device = self.algo, policy.device
         data = collate_shared_prompt(row, policy.pad_id)
-        attention_mask = data.attention_mask(device)  # built once, for the policy and the reference
+        attention_mask = data.attention_mask(device, policy.attention)  # built once, for the policy and the reference
         mask = data.response_mask.to(device)
-        targets = data.token_ids.to(device)
-        logits = at_temperature(shared_prompt_logits(policy.model, data, device, attention_mask), self.temperature)
-        logprobs = data.scatter(token_logprobs(logits, targets))  # [B, R]
+        row_logprobs, row_entropies = shared_prompt_scores(policy.model, data, device, attention_mask, self.temperature)
+        logprobs = data.scatter(row_logprobs)  # [B, R]
         old = data.old_logprobs.to(device)
         token_loss, clipped = clipped_surrogate(
             logprobs, old, data.advantages.to(device), algo.clip_low, algo.clip_high
@@ -46,8 +45,8 @@ class GRPOObjective:
         kl = torch.zeros_like(token_loss)
         if policy.reference is not None:
             with torch.no_grad():
-                ref_logits = shared_prompt_logits(policy.reference, data, device, attention_mask)
-                ref = data.scatter(token_logprobs(ref_logits, targets, self.temperature))
+                ref_logprobs, _ = shared_prompt_scores(policy.reference, data, device, attention_mask, self.temperature)
+                ref = data.scatter(ref_logprobs)
             kl = kl_penalty(logprobs, ref, algo.kl_estimator)
             token_loss = token_loss + algo.kl_coef * kl
         loss = aggregate(token_loss, mask, algo.loss_agg, batch.num_tokens, batch.num_seqs, batch.max_tokens)
@@ -55,7 +54,7 @@ class GRPOObjective:
             loss,
             mask.sum(),
             (clipped * mask).sum(),
-            (data.scatter(token_entropy(logits.detach())) * mask).sum(),
+            (data.scatter(row_entropies) * mask).sum(),
             (kl.detach() * mask).sum(),
             ((logprobs.detach() - old).abs() * mask).sum(),
         )

@@ -11,7 +11,8 @@ from actors.objectives.base import Align, Policy, stacked
 from rlstack.algorithms import token_logprobs
 from rlstack.algorithms.sft import sft_loss
 from rlstack.config import Recipe
-from rlstack.data.packing import PackedRow, attention_mask_from_positions, collate_packed, pack
+from rlstack.data.attention import packed_mask
+from rlstack.data.packing import PackedRow, collate_packed, pack
 from rlstack.types import SFTBatch, SFTExample
 
 
@@ -64,7 +65,7 @@ def packed_logprobs(policy: Policy, row: PackedRow) -> torch.Tensor:
     logits = policy.model(
         input_ids=row.input_ids.to(policy.device),
         position_ids=position_ids,
-        attention_mask=attention_mask_from_positions(position_ids),
+        attention_mask=packed_mask(position_ids, policy.attention, policy.device),
         use_cache=False,
     ).logits
     return token_logprobs(logits, row.target_ids.to(policy.device))

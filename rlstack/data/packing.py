@@ -7,8 +7,8 @@ predict the first token of the next example. A batch of one example is the unpac
 right-padded case, so there is no separate padded collate.
 
 The row must be run with a block-diagonal causal mask. With transformers 5.19 and a Llama
-model, either pass ``attention_mask=attention_mask_from_positions(position_ids)`` with
-``attn_implementation="sdpa"``, or pass no ``attention_mask`` and ``use_cache=False``,
+model, either pass ``attention_mask=packed_mask(position_ids, ...)`` (``rlstack.data.attention``),
+or pass no ``attention_mask`` and ``use_cache=False``,
 and transformers derives the same mask from the ``position_ids`` restarts. A 2D
 all-ones mask, or the default ``use_cache=True``, turns that detection off and every
 example attends to the ones before it.
@@ -93,23 +93,3 @@ def collate_packed(examples: Sequence[SFTExample], pad_id: int, width: int) -> P
         target_mask=torch.tensor([target_mask + [0] * num_pad], dtype=torch.float32),
         seq_lens=tuple(len(e.input_ids) for e in examples),
     )
-
-
-def attention_mask_from_positions(position_ids: torch.Tensor) -> torch.Tensor:
-    """Block-diagonal causal mask of packed rows: a token sees earlier tokens of its own sample.
-
-    A sample starts where its position is 0. The mask is boolean (True = may attend), which
-    SDPA takes as is; eager attention adds the mask to its scores, so it needs the additive
-    form ``torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(dtype).min)``.
-
-    Args:
-        position_ids: ``[B, L]`` restarting at 0 for each sample.
-
-    Returns:
-        ``[B, 1, L, L]`` bool, ``[b, 0, q, k]`` true iff ``k <= q`` in the same sample.
-    """
-    sample = (position_ids == 0).cumsum(-1)  # [B, L] index of each token's sample
-    same_sample = sample.unsqueeze(-1) == sample.unsqueeze(-2)  # [B, L, L]
-    length = position_ids.shape[-1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=position_ids.device).tril()
-    return (same_sample & causal).unsqueeze(1)

@@ -9,15 +9,17 @@ are those of the padded layout, up to the order of float sums. The prompt's hidd
 at its last token predicts the first token of every response.
 
 Several trees share a ``[1, L]`` row under the micro-batch token budget (first-fit
-decreasing, ``rlstack.data.packing.pack``). The row must run with its ``[1, 1, L, L]``
-boolean mask and ``attn_implementation="sdpa"`` (see ``rlstack.data.packing``); the mask
-is built where the model runs, from two ``[L]`` vectors.
+decreasing, ``rlstack.data.packing.pack``). The row must run with its mask
+(``attention_mask``: dense for SDPA, a block mask for FlexAttention), built where the model
+runs from two ``[L]`` vectors.
 """
 
 from dataclasses import dataclass
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask
 
+from rlstack.data.attention import Attention, segment_mask
 from rlstack.data.batching import padded_responses
 from rlstack.data.packing import pack
 from rlstack.types import Sample
@@ -50,14 +52,12 @@ class SharedPromptRow:
     advantages: torch.Tensor
     """``[B]``."""
 
-    def attention_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """``[1, 1, L, L]`` bool, built on ``device`` (``L^2`` of it: on a GPU, building it there saves the
-        host the work and the copy): a token sees its tree's prompt and the earlier tokens of its own response."""
-        trees, branches = self.tree_ids.to(device), self.branch_ids.to(device)
-        same_tree = trees.unsqueeze(-1) == trees.unsqueeze(-2)  # [q, k]
-        seen_branch = (branches.unsqueeze(0) == -1) | (branches.unsqueeze(-1) == branches.unsqueeze(-2))  # [q, k]
-        causal = torch.ones(len(trees), len(trees), dtype=torch.bool, device=device).tril()
-        return (same_tree & seen_branch & causal)[None, None]
+    def attention_mask(
+        self, device: torch.device | str = "cpu", attention: Attention = "sdpa"
+    ) -> torch.Tensor | BlockMask:
+        """A token sees its tree's prompt and the earlier tokens of its own response (``rlstack.data.attention``),
+        built on ``device``: the dense ``[1, 1, L, L]`` bool for SDPA, or a FlexAttention ``BlockMask``."""
+        return segment_mask(self.tree_ids, self.branch_ids, attention, device)
 
     @property
     def token_ids(self) -> torch.Tensor:

@@ -5,10 +5,10 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
+from rlstack.data.attention import packed_mask
 from rlstack.data.packing import (
     PackedRow,
     SFTExample,
-    attention_mask_from_positions,
     collate_packed,
     pack,
     packing_efficiency,
@@ -53,7 +53,7 @@ def test_collate_rejects_a_pack_wider_than_the_row():
 
 
 def test_attention_mask_is_block_diagonal_causal():
-    mask = attention_mask_from_positions(torch.tensor([[0, 1, 0, 1, 2]]))
+    mask = packed_mask(torch.tensor([[0, 1, 0, 1, 2]]), "sdpa", "cpu")
     assert mask.shape == (1, 1, 5, 5)
     assert mask[0, 0].int().tolist() == [
         [1, 0, 0, 0, 0],
@@ -82,7 +82,7 @@ def packed_and_alone_logits(
 @pytest.mark.parametrize(
     "forward_kwargs",
     [
-        pytest.param(lambda row: {"attention_mask": attention_mask_from_positions(row.position_ids)}, id="4d_mask"),
+        pytest.param(lambda row: {"attention_mask": packed_mask(row.position_ids, "sdpa", "cpu")}, id="4d_mask"),
         pytest.param(lambda row: {"use_cache": False}, id="position_ids_only"),
     ],
 )

@@ -1,8 +1,10 @@
 import torch
 
+from rlstack import models
 from rlstack.algorithms import token_logprobs
 from rlstack.data.batching import collate, padding_sample
 from rlstack.data.shared_prompt import collate_shared_prompt, shared_prompt_rows, tree_size, trees
+from rlstack.forward import add_response_scoring, padded_response_logits, shared_prompt_scores
 from rlstack.types import Completion, Sample
 
 
@@ -52,51 +54,66 @@ def test_a_tree_over_the_budget_gets_a_row_of_its_own():
     assert [[tree_size(t) for t in r] for r in rows] == [[2], [15]]
 
 
-def test_shared_prompt_rows_give_the_padded_layouts_logprobs_and_gradients(tiny_llama):
+def tokens(gen: torch.Generator, n: int) -> tuple[int, ...]:
+    return tuple(torch.randint(1, 64, (n,), generator=gen).tolist())
+
+
+def two_prompts_samples() -> list[Sample]:
+    """Two prompts' groups of responses of 1 to 6 tokens, and a padding sample."""
     gen = torch.Generator().manual_seed(1)
+    p, q = tokens(gen, 5), tokens(gen, 3)
+    samples = [sample(p, tokens(gen, n), float(n) - 3) for n in (4, 1, 6)]
+    samples += [sample(q, tokens(gen, n), 1.5) for n in (2, 5)]
+    return [*samples, padding_sample(samples[0])]
 
-    def tokens(n: int) -> tuple[int, ...]:
-        return tuple(torch.randint(1, 64, (n,), generator=gen).tolist())
 
-    p, q = tokens(5), tokens(3)
-    samples = [sample(p, tokens(n), float(n) - 3) for n in (4, 1, 6)] + [sample(q, tokens(n), 1.5) for n in (2, 5)]
-    samples.append(padding_sample(samples[0]))
-    model = tiny_llama
+def padded_and_shared_logprobs(
+    model: torch.nn.Module, attention: str, device: str = "cpu"
+) -> tuple[tuple[torch.Tensor, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]:
+    """``((logprobs, grads) of the padded layout under SDPA, (the same) of one shared-prompt row under
+    ``attention`` with its tokens scored two at a time, the response mask)``, rows in the shared order; grads
+    are empty where backward does not run (``torch.is_grad_enabled()`` false)."""
+    samples = two_prompts_samples()
 
     def loss_and_grads(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor):
+        if not torch.is_grad_enabled():
+            return logprobs, {}
         model.zero_grad()
-        loss = -(logprobs * mask * advantages.unsqueeze(-1)).sum()
-        loss.backward()
+        (-(logprobs * mask.to(device) * advantages.to(device).unsqueeze(-1)).sum()).backward()
         return logprobs.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
 
     padded = collate(samples, pad_id=0)
-    length = padded.response_ids.shape[1]
-    logits = model(
-        input_ids=padded.input_ids,
-        attention_mask=padded.attention_mask,
-        position_ids=padded.position_ids,
-        logits_to_keep=length + 1,
-    ).logits[:, :-1]
-    expected, expected_grads = loss_and_grads(
-        token_logprobs(logits, padded.response_ids), padded.response_mask, padded.advantages
+    model.set_attn_implementation("sdpa")
+    logits = padded_response_logits(model, padded, torch.device(device))
+    expected = loss_and_grads(
+        token_logprobs(logits, padded.response_ids.to(device)), padded.response_mask, padded.advantages
     )
 
     [row] = shared_prompt_rows(samples, max_tokens=64)
     assert len(row) == 2  # both prompts' trees in one row
     shared = collate_shared_prompt(row, pad_id=0)
     assert shared.input_ids.numel() == 5 + 11 + 3 + 7 + 1  # each prompt once (the padding sample shares p)
-    logits = model(
-        input_ids=shared.input_ids,
-        position_ids=shared.position_ids,
-        attention_mask=shared.attention_mask(),
-        logits_to_keep=shared.logit_positions,
-    ).logits[0]
-    got, grads = loss_and_grads(
-        shared.scatter(token_logprobs(logits, shared.token_ids)), shared.response_mask, shared.advantages
-    )
+    model.set_attn_implementation(models.ATTENTION_IMPLEMENTATIONS[attention])
+    add_response_scoring(model, chunk_tokens=2)
+    mask = shared.attention_mask(device, attention)
+    scores, _ = shared_prompt_scores(model, shared, torch.device(device), mask, 1.0)
+    got = loss_and_grads(shared.scatter(scores), shared.response_mask, shared.advantages)
+    model.set_attn_implementation("sdpa")
 
     order = [samples.index(s) for t in row for s in t]  # rows keep tree order
-    mask = padded.response_mask[order].bool()
-    torch.testing.assert_close(got[mask], expected[order][mask], atol=1e-5, rtol=0)
+    return (expected[0][order], expected[1]), got, padded.response_mask[order].bool().to(device)
+
+
+def test_shared_prompt_rows_give_the_padded_layouts_logprobs_and_gradients(tiny_llama):
+    (expected, expected_grads), (got, grads), mask = padded_and_shared_logprobs(tiny_llama, "sdpa")
+    torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
+    assert expected_grads.keys() == grads.keys()
     for name, grad in expected_grads.items():
         torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_flex_attention_rows_give_the_padded_layouts_logprobs(tiny_llama):
+    """FlexAttention has no backward on the CPU; its gradients are checked on the GPU (tests/gpu)."""
+    with torch.no_grad():
+        (expected, _), (got, _), mask = padded_and_shared_logprobs(tiny_llama, "flex")
+    torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
