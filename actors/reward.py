@@ -24,6 +24,7 @@ from reward.api import is_async, is_batched, optional_keywords, to_score
 from reward.loader import instantiate, resolve
 from rlstack.config import PlacementSection, RewardFunction, RewardSection
 from rlstack.data.batching import chunks
+from rlstack.logs import capture_output
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ class RewardWorker:
     """Hosts reward functions; per-sample functions run in threads so calls overlap and can time out."""
 
     def __init__(self, functions: list[RewardFunction], timeout_s: float, error_score: float):
+        capture_output("reward")
         self.rewards = [(f.metric_name, instantiate(resolve(f.fn, "reward.functions"), f.kwargs)) for f in functions]
         self.keywords = {name: optional_keywords(fn) for name, fn in self.rewards}  # inspected once, not per call
         self.timeout_s = timeout_s

@@ -13,6 +13,7 @@ from actors.placement import node_id, require_resources
 from rlstack import models
 from rlstack.config import Recipe
 from rlstack.data.batching import chunks
+from rlstack.logs import capture_output
 from rlstack.types import Completion, SamplingParams
 from rollout.registry import make_engine
 from rollout.weight_broadcast import WeightGroup, plan_buckets
@@ -22,6 +23,7 @@ class RolloutWorker:
     """One engine in one actor. Ray runs one method at a time, so a weight sync never interleaves with generation."""
 
     def __init__(self, recipe: Recipe):
+        capture_output("rollout")
         self.recipe = recipe
         torch.set_num_threads(recipe.placement.num_threads or os.cpu_count() or 1)
         self.engine = make_engine(recipe)

@@ -19,6 +19,7 @@ from rlstack import models
 from rlstack.checkpoint import readable, writable
 from rlstack.colocation import GpuMemory
 from rlstack.config import Recipe
+from rlstack.logs import capture_output
 from rlstack.types import PreferenceBatch, PreferencePair, Sample, SFTBatch, SFTExample, TrainBatch
 from rollout.registry import pack_bucket
 from rollout.weight_broadcast import WeightGroup, flatten, plan_buckets
@@ -32,6 +33,7 @@ class TrainerWorker:
     the recipe's objective (``actors.objectives``), which one loop (``step``) trains."""
 
     def __init__(self, recipe: Recipe, rank: int, world_size: int):
+        capture_output("trainer", rank)
         self.recipe = recipe
         self.rank = rank
         self.world_size = world_size

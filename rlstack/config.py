@@ -418,14 +418,24 @@ class TrackingSection(Section):
     """``auto`` logs online when ``WANDB_API_KEY`` is set, else offline."""
     project: str = "rlstack"
     """wandb project."""
-    console: bool = True
-    """Show a progress bar and a line per step."""
+    console: Literal["quiet", "verbose", "off"] = "quiet"
+    """``quiet``: rlstack's own lines (the recipe, the run directory, a progress bar, a line per step, notable
+    library warnings in rlstack's words) while the libraries' logs go to ``<run_dir>/logs/``; ``verbose``: the
+    libraries' logs on the console too (``rlstack train --verbose``); ``off``: nothing per step. ``true`` is
+    ``quiet`` and ``false`` is ``off``."""
     tensorboard: bool = False
     """Also write every numeric metric as a TensorBoard scalar, in ``<run_dir>/tensorboard/``
     (``tensorboard --logdir runs``)."""
     num_logged_samples: int = Field(default=8, ge=0, le=64)
     """GRPO: groups of rollouts kept per step for reading (each kept group's prompt and all its samples, with
     their scores and advantages), in ``<run_dir>/samples.jsonl``, a wandb table and the run page; 0 keeps none."""
+
+    @field_validator("console", mode="before")
+    @classmethod
+    def _console_from_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return "quiet" if value else "off"
+        return value
 
 
 class CheckpointSection(Section):

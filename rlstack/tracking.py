@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from rlstack.config import Recipe
+from rlstack.logs import LOGS, LogWatcher
 from rlstack.reporting import Reporter
 
 CONSOLE_KEYS = (
@@ -30,6 +31,25 @@ MESSAGE_KEYS = {"note": "cyan", "warning": "yellow"}
 """Text a step's record may carry, printed on its own line in this colour; the other keys are numbers."""
 
 
+def describe_run(recipe: Recipe, run_dir: Path) -> list[str]:
+    """The console's opening lines: what the recipe trains, and where the run writes."""
+    placement = recipe.placement
+    parts = [f"trainer {recipe.trainer.backend} x{placement.num_trainer_ranks}"]
+    if recipe.algorithm.name == "grpo":
+        rollout = recipe.rollout
+        parts.append(f"{rollout.num_prompts} prompts x {rollout.num_samples} samples a step")
+        parts.append(f"engine {rollout.engine} x{placement.num_rollout_workers}")
+        parts.append(f"reward {', '.join(f.metric_name for f in recipe.reward.functions)}")
+    steps = f"{recipe.trainer.num_steps} step{'s' * (recipe.trainer.num_steps != 1)} on {placement.device}"
+    lines = [
+        f"{recipe.name}: {recipe.algorithm.name} on {recipe.model.path}, {steps}; {'; '.join(parts)}",
+        f"run directory: {run_dir}",
+    ]
+    if recipe.tracking.console == "quiet":
+        lines.append(f"library logs (engine, Ray workers, trainer): {run_dir / LOGS}/; --verbose shows them here")
+    return lines
+
+
 def wandb_mode(setting: str) -> str:
     """``auto`` is online when ``WANDB_API_KEY`` is set, otherwise offline."""
     if setting == "auto":
@@ -45,7 +65,9 @@ class Tracker:
         self.seq = len(path.read_text().splitlines()) if path.exists() else 0
         self.file = path.open("a")
         self.reporter = Reporter.from_env()
-        self.console = Console(stderr=False) if recipe.tracking.console else None
+        # soft_wrap: a job's log is no terminal, and rich would wrap a step's line at 80 columns
+        self.console = Console(soft_wrap=True) if recipe.tracking.console != "off" else None
+        self.watcher = LogWatcher(run_dir) if recipe.tracking.console == "quiet" else None
         self.progress: Progress | None = None
         if self.console is not None:
             self.progress = Progress(
@@ -74,6 +96,7 @@ class Tracker:
                 dir=str(run_dir),
                 mode=mode,  # type: ignore[arg-type]
                 config=recipe.model_dump(mode="json"),
+                settings=wandb.Settings(silent=recipe.tracking.console != "verbose"),
             )
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
@@ -96,6 +119,10 @@ class Tracker:
             for key in MESSAGE_KEYS:
                 if key in metrics:
                     self.console.print(f"[{MESSAGE_KEYS[key]}]{key}: {metrics[key]}[/]", highlight=False)
+            if metrics.get("reward/errors"):
+                self.console.print(f"[yellow]warning: {reward_failures(metrics, self.watcher is not None)}[/]")
+            for finding in self.watcher.new_findings() if self.watcher else []:
+                self.console.print(f"[yellow]warning: {finding}[/]", highlight=False)
             self.progress.update(self.task, completed=step)
 
     def close(self) -> None:
@@ -111,6 +138,18 @@ class Tracker:
         if self.reporter is not None:
             self.reporter.close()
         self.file.close()
+
+
+def reward_failures(metrics: dict[str, Any], quiet: bool) -> str:
+    """A step's failed reward calls, by function, and where their first tracebacks are."""
+    failed = {
+        key.removeprefix("reward/").removesuffix("/errors"): int(value)
+        for key, value in metrics.items()
+        if key.startswith("reward/") and key.endswith("/errors") and key != "reward/errors" and value
+    }
+    where = f"{LOGS}/driver.log" if quiet else "the log above"
+    counts = ", ".join(f"{name} {count}" for name, count in failed.items())
+    return f"reward calls failed ({counts}) and scored reward.error_score; the first traceback of each kind: {where}"
 
 
 def plot_run(metrics_file: Path, target: Path) -> None:

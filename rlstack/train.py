@@ -10,12 +10,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from reward.loader import resolve
 from rlstack import models
 from rlstack.checkpoint import check_resumable
 from rlstack.config import Recipe, RecipeError, load_recipe
+from rlstack.logs import DriverLogs
+from rlstack.tracking import describe_run
 
 if TYPE_CHECKING:
     from rlstack.controller import Controller
@@ -51,10 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlstack train", description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help="path to a YAML recipe, or a recipe as inline JSON (as the run service sends)")
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. trainer.lr=2e-6")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show the libraries' logs too (tracking.console=verbose)"
+    )
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # a job's log is a pipe: show each step as it ends
     try:
-        recipe = load_recipe(args.recipe, args.overrides)
+        recipe = load_recipe(args.recipe, [*args.overrides, *(["tracking.console=verbose"] if args.verbose else [])])
+        driver_logs = DriverLogs() if recipe.tracking.console == "quiet" else None
         preflight(recipe)
         run_dir = run_dir_for(recipe)
         if (run_dir / "metrics.jsonl").exists():
@@ -68,10 +74,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
+    if recipe.tracking.console != "off":
+        print("\n".join(describe_run(recipe, run_dir)))
+    quiet_options: dict[str, Any] = {}
+    if driver_logs is not None:  # the actors write their own files, and Ray forwards nothing of theirs
+        quiet_options = {"log_to_driver": False, "runtime_env": {"env_vars": driver_logs.open(run_dir)}}
     if "RAY_ADDRESS" in os.environ:
-        ray.init()
+        ray.init(**quiet_options)
     else:
-        ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+        ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet_options)
     try:
         with controller_class(recipe, run_dir, data) as controller:
             summary = controller.run()
