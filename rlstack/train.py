@@ -7,16 +7,16 @@ Works as the entrypoint of ``ray job submit`` (it joins the job's cluster) and o
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reward.loader import resolve
 from rlstack import models
-from rlstack.checkpoint import check_resumable
 from rlstack.config import Recipe, RecipeError, load_recipe
 from rlstack.logs import DriverLogs
+from rlstack.preflight import check_cluster, preflight
 from rlstack.tracking import describe_run
 
 if TYPE_CHECKING:
@@ -24,15 +24,6 @@ if TYPE_CHECKING:
 
 LOCAL_OBJECT_STORE_BYTES = 2 * 2**30
 """Object store of a Ray started here: room for a full weight sync of a 1 B model in bf16."""
-
-
-def preflight(recipe: Recipe) -> None:
-    """Check what can be checked before starting actors: the model source and the reward imports."""
-    models.check_source(recipe.model.path)
-    for index, function in enumerate(recipe.reward.functions):
-        resolve(function.fn, f"reward.functions.{index}.fn")
-    if recipe.checkpoint.resume_from:
-        check_resumable(recipe.checkpoint.resume_from, recipe.trainer.backend)
 
 
 def controller_for(recipe: Recipe) -> type["Controller"]:
@@ -61,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = load_recipe(args.recipe, [*args.overrides, *(["tracking.console=verbose"] if args.verbose else [])])
         driver_logs = DriverLogs() if recipe.tracking.console == "quiet" else None
-        preflight(recipe)
         run_dir = run_dir_for(recipe)
+        preflight(recipe, run_dir)
+        fresh = not run_dir.exists()
         if (run_dir / "metrics.jsonl").exists():
             raise RecipeError(f"tracking.name: run directory {str(run_dir)!r} already holds a run; choose another name")
         models.resolve(recipe.model.path)  # provision the embedded model once, before actors load it
@@ -83,6 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         ray.init(**quiet_options)
     else:
         ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet_options)
+    try:
+        check_cluster(recipe, ray.nodes())
+    except RecipeError as exc:
+        ray.shutdown()
+        if fresh:  # the logs a quiet driver has begun
+            shutil.rmtree(run_dir, ignore_errors=True)
+        print(f"rlstack: error: {exc}", file=sys.stderr)
+        return 2
     try:
         with controller_class(recipe, run_dir, data) as controller:
             summary = controller.run()
