@@ -42,7 +42,7 @@ from rlstack.api.schemas import (
     Status,
 )
 from rlstack.api.store import STATUSES, TERMINAL, RunRecord, Store
-from rlstack.config import Recipe, RecipeError, apply_override, describe_error
+from rlstack.config import Recipe, RecipeError, apply_override, describe_error, load_yaml
 from rlstack.reporting import ENV_RUN, ENV_TOKEN, ENV_URL
 from rlstack.samples import SAMPLES_FILE, read_samples
 
@@ -195,6 +195,12 @@ def create_app(
     )
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
+    @app.exception_handler(RayUnavailable)
+    async def ray_unavailable(request: Request, exc: RayUnavailable) -> JSONResponse:
+        """A route that needs Ray while its dashboard does not answer: 503, to be tried again."""
+        detail = f"Ray's dashboard at {jobs.address} does not answer: {str(exc)[:500]}"
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
     app.add_middleware(RequestMetrics, requests=requests, latency=latency)
 
     bearer = HTTPBearer(auto_error=False)
@@ -290,13 +296,15 @@ def create_app(
                 raise HTTPException(
                     422, [{"loc": ["body", "recipe_name"], "msg": f"no recipe {request.recipe_name!r}"}]
                 )
-            tree = yaml.safe_load(path.read_text())
+            tree = load_yaml(path.read_text(), f"recipe {request.recipe_name!r}")
         run_id = uuid.uuid4().hex[:12]
         try:
             for override in request.overrides:
                 apply_override(tree, override)
-            tree.setdefault("tracking", {})
-            name = tree["tracking"].get("name") or tree.get("name", "recipe")
+            tracking = tree.setdefault("tracking", {})
+            if not isinstance(tracking, dict):
+                raise RecipeError(f"tracking: must be a section (a mapping), not {type(tracking).__name__}")
+            name = tracking.get("name") or tree.get("name", "recipe")
             tree["tracking"].update(run_root=str(settings.runs_dir.resolve()), name=run_id)
             recipe = Recipe.model_validate(tree)
         except RecipeError as exc:
@@ -333,7 +341,12 @@ def create_app(
         status, message = jobs.status(request.job_id)
         if message and message.startswith("Ray has no job"):
             raise HTTPException(422, [{"loc": ["body", "job_id"], "msg": message}])
-        recipe = yaml.safe_load(recipe_file.read_text())
+        try:
+            recipe = load_yaml(recipe_file.read_text(), str(recipe_file))
+            if not isinstance(recipe, dict):
+                raise RecipeError(f"{str(recipe_file)!r} holds a {type(recipe).__name__}, not a recipe's mapping")
+        except (RecipeError, OSError, UnicodeDecodeError) as exc:
+            raise HTTPException(422, [{"loc": ["body", "run_dir"], "msg": str(exc)}]) from None
         run_id = uuid.uuid4().hex[:12]
         store.add_run(
             RunRecord(
@@ -382,7 +395,18 @@ def create_app(
 
         return Response(cache.get(run_id, f"metrics:{since}", render), media_type="application/json")
 
-    @app.get("/v1/runs/{run_id}/events", dependencies=auth, responses={404: {"description": "Unknown run"}})
+    @app.get(
+        "/v1/runs/{run_id}/events",
+        dependencies=auth,
+        response_class=EventSourceResponse,
+        responses={
+            200: {
+                "description": "A stream of ``status`` and ``metric`` events",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            404: {"description": "Unknown run"},
+        },
+    )
     async def events(run_id: str, request: Request) -> EventSourceResponse:
         """Server-Sent Events: ``status`` on every status change, ``metric`` for every new record; the stream ends
         when the run has ended and every record was sent."""
@@ -426,12 +450,14 @@ def create_app(
     @app.get("/v1/runs/{run_id}/checkpoints", dependencies=auth)
     def checkpoints(run_id: str) -> list[Checkpoint]:
         """The run's checkpoints, oldest first."""
-        found = sorted(
-            (Path(known(run_id).run_dir) / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1])
-        )
+        steps = {}
+        for p in (Path(known(run_id).run_dir) / "checkpoints").glob("step_*"):
+            step = p.name.removeprefix("step_")
+            if step.isdigit() and p.is_dir():  # a stray file or ``step_x`` is no checkpoint
+                steps[int(step)] = p
         return [
-            Checkpoint(step=int(p.name.split("_")[1]), path=str(p), files=sorted(f.name for f in p.iterdir()))
-            for p in found
+            Checkpoint(step=step, path=str(p), files=sorted(f.name for f in p.iterdir()))
+            for step, p in sorted(steps.items())
         ]
 
     @app.get("/v1/runs/{run_id}/samples", dependencies=auth, response_model=SamplePage)

@@ -3,11 +3,14 @@
 Ray refuses some requests only for now: on a head that has just started, its dashboard may not
 answer yet, and its job agent may not have registered (the dashboard then answers a submission
 with ``No available agent to submit job`` after waiting 10 s itself). ``wait_for_job_agent``
-waits that out at start-up, and ``with_backoff`` retries such a refusal within a deadline.
+waits that out at start-up, and ``with_backoff`` retries such a refusal within a deadline. A dashboard
+that does not answer at all makes every call here raise ``RayUnavailable``, which the service answers
+with 503.
+
+A job gets its recipe as a file in its working directory, not on its command line, where one
+argument may hold at most 128 KiB.
 """
 
-import json
-import shlex
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
+import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +31,8 @@ STATUS = {
     JobStatus.FAILED: "failed",
     JobStatus.STOPPED: "stopped",
 }
+JOB_RECIPES = ".rlstack-jobs"
+"""Directory of ``ROOT`` where a submission's recipe file waits while Ray packs the working directory."""
 NO_AGENT = "No available agent"
 """How Ray's dashboard answers a submission while no job agent has registered."""
 PROBE_ID = "rlstack-job-agent-probe"
@@ -127,36 +133,48 @@ class Jobs:
         self._client = wait_for_job_agent(self.address, timeout_s, say, self.connect)
 
     def submit(self, run_id: str, recipe: dict[str, Any], env: dict[str, str], timeout_s: float) -> str:
-        """Start ``python -m rlstack.train <recipe as JSON>`` as the job ``run_id``; returns the job id.
+        """Start ``python -m rlstack.train <recipe file>`` as the job ``run_id``; returns the job id.
 
-        A refusal for now is retried with backoff for ``timeout_s`` (a refused submission
-        created no job, so its id is free for the next try), then raised as ``RayUnavailable``.
+        The recipe is written as YAML to ``JOB_RECIPES/<run_id>.yaml`` under ``ROOT`` and so
+        travels in the working directory Ray packs and uploads on submission; the file is
+        removed here once Ray has it. A refusal for now is retried with backoff for
+        ``timeout_s`` (a refused submission created no job, so its id is free for the next
+        try), then raised as ``RayUnavailable``.
         """
-        entrypoint = f"python -m rlstack.train {shlex.quote(json.dumps(recipe))}"
+        recipe_file = f"{JOB_RECIPES}/{run_id}.yaml"
+        (ROOT / JOB_RECIPES).mkdir(exist_ok=True)
+        (ROOT / recipe_file).write_text(yaml.safe_dump(recipe, sort_keys=False))
+        entrypoint = f"python -m rlstack.train {recipe_file}"
         runtime_env = {"working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": env}
-        return with_backoff(
-            lambda: for_now(
-                lambda: self.client.submit_job(entrypoint=entrypoint, submission_id=run_id, runtime_env=runtime_env)
-            ),
-            timeout_s,
-        )
+        try:
+            return with_backoff(
+                lambda: for_now(
+                    lambda: self.client.submit_job(entrypoint=entrypoint, submission_id=run_id, runtime_env=runtime_env)
+                ),
+                timeout_s,
+            )
+        finally:
+            (ROOT / recipe_file).unlink(missing_ok=True)
 
     def status(self, job_id: str) -> tuple[str, str | None]:
         """``(status, message)``; an unknown job counts as failed."""
         try:
-            info = self.client.get_job_info(job_id)
+            info = for_now(lambda: self.client.get_job_info(job_id))
         except RuntimeError as exc:
             return "failed", f"Ray has no job {job_id!r}: {exc}"
         return STATUS[info.status], info.message
 
     def logs(self, job_id: str) -> str:
-        return self.client.get_job_logs(job_id)
+        return for_now(lambda: self.client.get_job_logs(job_id))
 
     def follow(self, job_id: str) -> AsyncIterator[str]:
+        """The job's log as it grows; ``RayUnavailable`` here, before any of it, when the dashboard does not
+        answer."""
+        self.status(job_id)
         return self.client.tail_job_logs(job_id)
 
     def stop(self, job_id: str) -> None:
-        self.client.stop_job(job_id)
+        for_now(lambda: self.client.stop_job(job_id))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,9 @@ for ``--submit-timeout`` before the client gets 503 with ``Retry-After``.
 
 The OpenAPI docs are at ``/docs``. Every route but ``/health`` needs the bearer token:
 the one passed with ``--token`` (or ``RLSTACK_SERVICE_TOKEN``), else one generated on
-first start and kept in ``--token-file`` with mode 0600. Binding to an address other
-than loopback needs an explicit token.
+first start and kept in ``--token-file`` with mode 0600; a token file that others may read, or
+a token shorter than ``MIN_TOKEN_CHARS``, gets a warning, and an empty one is refused. Binding
+to an address other than loopback needs an explicit token.
 """
 
 import argparse
@@ -21,6 +22,8 @@ from pathlib import Path
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 STATE_DIR = Path.home() / ".rlstack"
+MIN_TOKEN_CHARS = 16
+"""Shorter tokens get a warning: guessable."""
 
 
 def is_loopback(host: str) -> bool:
@@ -33,13 +36,31 @@ def is_loopback(host: str) -> bool:
 
 
 def stored_token(path: Path) -> str:
-    """The token in ``path``, created with mode 0600 on first use."""
+    """The token in ``path``, created with mode 0600 on first use; a warning if others may read the file."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as file:
             file.write(secrets.token_urlsafe(32))
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        warn(f"the token file {str(path)!r} has mode {mode:04o}, so others may read it: chmod 600 {path}")
     return path.read_text().strip()
+
+
+def usable(token: str) -> bool:
+    """False, with an error line, for an empty token (which every request would match); a warning for a short
+    one."""
+    if not token:
+        print("rlstack serve: error: the bearer token is empty", file=sys.stderr)
+        return False
+    if len(token) < MIN_TOKEN_CHARS:
+        warn(f"the bearer token has {len(token)} characters; use at least {MIN_TOKEN_CHARS}")
+    return True
+
+
+def warn(line: str) -> None:
+    print(f"rlstack serve: warning: {line}", file=sys.stderr, flush=True)
 
 
 def dashboard_address(requested: str | None) -> str:
@@ -84,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlstack serve: error: binding to {args.host} needs --token or RLSTACK_SERVICE_TOKEN", file=sys.stderr)
         return 2
     token = args.token or stored_token(args.token_file)
+    if not usable(token):
+        return 2
     if args.db.startswith("sqlite:///"):
         Path(args.db.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAY_AUTH_MODE", "token")

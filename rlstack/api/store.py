@@ -3,12 +3,15 @@
 A metric record is keyed by ``(run_id, seq)``, its line number in the run's
 ``metrics.jsonl``: the running controller's reports and the service's own reading of
 that file write the same rows, so either path, or both, gives the same series.
+
+The database holds each run's report token, so a SQLite file is created, or kept, with mode 0600.
 """
 
+import os
 import time
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, create_engine, func, select
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, create_engine, func, make_url, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
@@ -54,6 +57,10 @@ class Store:
 
     def __init__(self, url: str):
         connect_args = {"check_same_thread": False, "timeout": 30} if url.startswith("sqlite") else {}
+        database = make_url(url).database
+        if url.startswith("sqlite") and database and database != ":memory:":
+            os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
+            os.chmod(database, 0o600)  # one created before this rule, or under a looser umask
         self.engine = create_engine(url, connect_args=connect_args)
         Base.metadata.create_all(self.engine)
         self.session = sessionmaker(self.engine, expire_on_commit=False)

@@ -172,7 +172,9 @@ def test_the_command_line_refuses_a_malformed_recipe_and_a_quitting_reward_modul
 @pytest.mark.e2e
 def test_more_cpus_than_a_local_ray_has_exits_2_after_ray_starts_and_leaves_no_run_directory(tmp_path):
     env = {**os.environ, "RAY_ADDRESS": "local"}  # a Ray of its own, with this machine's CPUs
-    result, elapsed = cli(TINY, "placement.trainer_cpus=64", f"tracking.run_root={tmp_path}", "tracking.name=r", env=env)
+    result, elapsed = cli(
+        TINY, "placement.trainer_cpus=64", f"tracking.run_root={tmp_path}", "tracking.name=r", env=env
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     assert "placement.trainer_cpus: one actor asks for {'CPU': 64.0}" in result.stderr
     assert not (tmp_path / "r").exists()
