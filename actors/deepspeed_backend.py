@@ -101,7 +101,11 @@ class DeepSpeedBackend:
         lacks through to its module)."""
         trainer = self.recipe.trainer
         model = models.load_model(
-            self.recipe.model.path, dtype=torch.float32, seed=self.recipe.model.seed, attention=trainer.attention
+            self.recipe.model.path,
+            dtype=torch.float32,
+            seed=self.recipe.model.seed,
+            attention=trainer.attention,
+            device=self.recipe.placement.device,
         )
         add_response_scoring(model, trainer.logits_chunk_tokens)
         return model

@@ -52,7 +52,11 @@ class FSDP2Backend:
         recipe's activation checkpointing and per-layer ``torch.compile``."""
         trainer = self.recipe.trainer
         model = models.load_model(
-            self.recipe.model.path, dtype=torch.float32, seed=self.recipe.model.seed, attention=trainer.attention
+            self.recipe.model.path,
+            dtype=torch.float32,
+            seed=self.recipe.model.seed,
+            attention=trainer.attention,
+            device=self.device.type,
         )
         model.to(self.device)  # type: ignore[arg-type]  # transformers' decorator confuses mypy
         if trained and trainer.activation_checkpointing:

@@ -558,6 +558,8 @@ class Recipe(Section):
             )
         if self.rollout.engine == "lmdeploy" and self.placement.device != "cuda":
             raise ValueError("rollout.engine='lmdeploy' runs on GPU only: set placement.device=cuda")
+        if self.trainer.attention == "flex" and self.placement.device != "cuda":
+            raise ValueError("trainer.attention='flex' trains on a GPU only (FlexAttention has no CPU backward)")
         if self.rollout.weight_transport == "cuda_ipc" and self.placement.device != "cuda":
             raise ValueError("rollout.weight_transport=cuda_ipc shares GPU memory: set placement.device=cuda")
         if self.rollout.engine == "vllm" and self.rollout.max_new_tokens >= self.rollout.max_model_len:

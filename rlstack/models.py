@@ -150,15 +150,17 @@ ATTENTION_IMPLEMENTATIONS = {"sdpa": "sdpa", "flex": "flex_attention"}
 
 
 def load_model(
-    path: str, dtype: torch.dtype = torch.float32, seed: int = 0, attention: str = "sdpa"
+    path: str, dtype: torch.dtype = torch.float32, seed: int = 0, attention: str = "sdpa", device: str = "cpu"
 ) -> PreTrainedModel:
-    """Build the causal LM named by ``path`` on the CPU, with ``attention`` (``sdpa`` or ``flex``) kernels.
-    ``random:`` weights depend only on ``seed``."""
+    """Build the causal LM named by ``path`` with ``attention`` (``sdpa`` or ``flex``) kernels: weights from
+    disk on the CPU; ``random:`` weights on ``device`` (a 1 B model initialises in about 45 s on a CPU, in
+    seconds on a GPU), depending only on ``seed`` and the kind of device."""
     implementation = ATTENTION_IMPLEMENTATIONS[attention]
     if path.startswith(RANDOM_PREFIX):
         config = random_config(path.removeprefix(RANDOM_PREFIX), vocab_size=len(load_tokenizer(path)))
         torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=implementation)
+        with torch.device(device):
+            return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=implementation)
     return AutoModelForCausalLM.from_pretrained(resolve(path), dtype=dtype, attn_implementation=implementation)
 
 

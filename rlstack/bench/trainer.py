@@ -1,16 +1,19 @@
-"""FSDP2 against DeepSpeed ZeRO 1/2/3: step-1 losses, tokens/s, memory
+"""FSDP2 against DeepSpeed ZeRO 1/2/3: step-1 losses, tokens/s, MFU, memory
 
 Every backend starts from the same random init and takes the same three steps on the
 same synthetic batches: GRPO (old logprobs are the policy's own), then SFT, then DPO
 (reference logprobs are the initial policy's). Their losses and gradient norms must
-agree across backends. Then GRPO steps on a larger batch are timed for tokens/s, with
-the peak GPU memory a rank allocated. ``--presets`` adds larger models, where a
-backend that runs out of memory is recorded as not fitting. ``--fit`` instead finds,
-for each backend, the largest of the given presets that trains on one GPU.
+agree across backends. Then steps of each objective on a larger batch (``--presets``,
+``--seq-lens``, ``--objectives``, ``--settings``) are timed for tokens/s, the model FLOPs
+utilisation against the card's bf16 peak (``rlstack.hardware``) and the peak GPU memory a
+rank allocated; a backend that runs out of memory is recorded as not fitting. ``--fit``
+instead finds, for each backend, the largest of the given presets that trains on one GPU.
 """
 
 import argparse
+import itertools
 import json
+import math
 import random
 import statistics
 import sys
@@ -23,12 +26,22 @@ import ray
 import torch
 
 from actors.trainer import TrainerGroup
+from rlstack import models
 from rlstack.bench.result import record_result
-from rlstack.config import Recipe, load_recipe
+from rlstack.config import RANDOM_PREFIX, Recipe, load_recipe
 from rlstack.data.batching import by_rank, shard
+from rlstack.hardware import bf16_peak_flops
 from rlstack.types import Completion, PreferenceBatch, PreferencePair, Sample, SFTBatch, SFTExample, TrainBatch
 
 RECIPE = "recipes/grpo_tiny_random.yaml"
+SETTINGS = {
+    "default": [],
+    "sdpa": ["trainer.attention=sdpa"],
+    "activation_checkpointing": ["trainer.activation_checkpointing=true"],
+    "compile": ["trainer.compile=true"],
+    "compile_activation_checkpointing": ["trainer.compile=true", "trainer.activation_checkpointing=true"],
+}
+"""Trainer settings timed against each other (``default`` is the recipe's: ``trainer.attention=auto``)."""
 BACKENDS = {
     "fsdp2": ["trainer.backend=fsdp2"],
     "zero1": ["trainer.backend=deepspeed", "trainer.deepspeed.zero_stage=1"],
@@ -120,25 +133,54 @@ def three_steps(recipe: Recipe) -> dict[str, float]:
     return figures
 
 
-def grpo_throughput(recipe: Recipe, num_steps: int, num_seqs: int, max_len: int) -> dict[str, float]:
-    """Median tokens/s over ``num_steps`` GRPO steps on ``num_seqs`` sequences of up to ``max_len`` tokens,
-    after a warm-up step."""
+def timed_batches(objective: str, group: TrainerGroup, num_seqs: int, max_len: int, ranks: int) -> tuple[Any, int]:
+    """A step's shards for ``objective`` on ``num_seqs`` sequences of up to ``max_len`` tokens, and the tokens it
+    runs through the model (DPO: a pair's chosen and rejected sequences both)."""
+    if objective == "grpo":
+        samples = grpo_samples(num_seqs, max_len // 2, max_len // 2, seed=4)
+        tokens = sum(len(s.prompt_ids) + len(s.completion.token_ids) for s in samples)
+        return on_policy(group, samples, ranks), tokens
+    if objective == "sft":
+        batches = sft_batches(num_seqs, max_len, seed=5, num_ranks=ranks)
+        return batches, sum(len(e.input_ids) for b in batches for e in b.examples)
+    pairs = preference_pairs(num_seqs // 2, max_len // 2, seed=6)
+    reference = group.logprobs(by_rank(pairs, ranks), "dpo")
+    tokens = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    shards = [
+        PreferenceBatch(tuple(share), tuple(ref), len(pairs))
+        for share, ref in zip(by_rank(pairs, ranks), reference, strict=True)
+    ]
+    return shards, tokens
+
+
+def throughput(recipe: Recipe, objective: str, num_steps: int, num_seqs: int, max_len: int) -> dict[str, float]:
+    """Median tokens/s over ``num_steps`` steps of ``objective`` on ``num_seqs`` sequences of up to ``max_len``
+    tokens, after a warm-up step (which compiles, with ``trainer.compile``), and the peak GPU memory a rank
+    allocated."""
     ranks = recipe.placement.num_trainer_ranks
     group = TrainerGroup(recipe)
     try:
-        samples = grpo_samples(num_seqs, max_len // 2, max_len // 2, seed=4)
-        tokens = sum(len(s.prompt_ids) + len(s.completion.token_ids) for s in samples)
         rates, peaks = [], []
         for _ in range(num_steps + 1):
-            batches = on_policy(group, samples, ranks)
+            batches, tokens = timed_batches(objective, group, num_seqs, max_len, ranks)
             start = time.perf_counter()
-            metrics = group.step(batches)
+            metrics = group.step(batches, objective)
             rates.append(tokens / (time.perf_counter() - start))
             peaks.append(metrics.get("memory/peak_gib", 0.0))  # reported on a GPU only
     finally:
         group.shutdown()
     figures = {"tok_s": round(statistics.median(rates[1:]), 1)}
     return figures | ({"peak_gib": round(max(peaks), 2)} if recipe.placement.device == "cuda" else {})
+
+
+def model_flops_utilization(tok_s: float, preset: str, card: str) -> float | None:
+    """``6 * params * tok_s / peak``: the usual estimate of training FLOPs (forward 2, backward 4 per parameter
+    and token; attention's own FLOPs left out), against the card's dense bf16 peak; ``None`` off the table."""
+    peak = bf16_peak_flops(card)
+    if peak is None:
+        return None
+    params = sum(math.prod(shape) for _, shape in models.parameter_shapes(f"{RANDOM_PREFIX}{preset}"))
+    return round(6 * params * tok_s / peak[1], 4)
 
 
 def common_overrides(device: str, preset: str) -> list[str]:
@@ -170,7 +212,7 @@ def largest_fitting(backend: str, presets: list[str], device: str, output: Path,
     for preset in presets:
         recipe = load_recipe(RECIPE, [*common_overrides(device, preset), *BACKENDS[backend]])
         try:
-            result = grpo_throughput(recipe, num_steps=1, num_seqs=8, max_len=512)
+            result = throughput(recipe, "grpo", num_steps=1, num_seqs=8, max_len=512)
         except ray.exceptions.RayError as error:
             if not out_of_memory(error):
                 raise
@@ -197,6 +239,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--presets", nargs="*", default=["llama-1b"] if device == "cuda" else ["tiny"], help="models timed"
     )
+    parser.add_argument(
+        "--seq-lens", nargs="*", type=int, default=[512, 2048] if device == "cuda" else [128], help="tokens a sequence"
+    )
+    parser.add_argument(
+        "--tokens-per-step",
+        type=int,
+        default=64 * 512 if device == "cuda" else 16 * 128,
+        help="a step's sequences: this many tokens' worth at the longest length",
+    )
+    parser.add_argument("--objectives", nargs="*", choices=["grpo", "sft", "dpo"], default=["grpo", "sft", "dpo"])
+    parser.add_argument(
+        "--settings", nargs="*", choices=list(SETTINGS), default=["default"], help="trainer settings, each timed"
+    )
+    parser.add_argument("--skip-parity", action="store_true", help="time only; no loss parity across backends")
     parser.add_argument("--num-steps", type=int, default=3)
     parser.add_argument(
         "--fit",
@@ -211,7 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(
         include_dashboard=False, runtime_env={"working_dir": ".", "excludes": [".venv", "runs", ".git", ".device"]}
     )
-    figures: dict[str, Any] = {"card": torch.cuda.get_device_name() if device == "cuda" else "CPU only"}
+    card = torch.cuda.get_device_name() if device == "cuda" else "CPU only"
+    peak = bf16_peak_flops(card)
+    figures: dict[str, Any] = {
+        "card": card,
+        "mfu_peak": {"table_entry": peak[0], "bf16_dense_flops": peak[1]} if peak else None,
+        "mfu_formula": "6 * params * tok_s / bf16_dense_flops (params with the tied embedding once; no attention)",
+    }
     if args.fit:
         try:
             for backend in args.backends:
@@ -228,33 +290,43 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     run_root = Path(tempfile.mkdtemp(prefix="bench-trainer-"))
     try:
-        for backend in args.backends:
+        for backend in [] if args.skip_parity else args.backends:
             overrides = [*common_overrides(device, args.parity_preset), *BACKENDS[backend]]
             recipe = load_recipe(RECIPE, [*overrides, f"tracking.run_root={run_root}"])
             figures |= {f"{backend}_{k}": round(v, 6) for k, v in three_steps(recipe).items()}
             keep_partial(figures, output)
-        for preset in args.presets:
-            for backend in args.backends:
-                recipe = load_recipe(RECIPE, [*common_overrides(device, preset), *BACKENDS[backend]])
-                try:
-                    result = grpo_throughput(recipe, args.num_steps, *((64, 512) if device == "cuda" else (16, 128)))
-                except ray.exceptions.RayError as error:
-                    if "out of memory" not in str(error).lower():
-                        raise
-                    result = {"fits": False}
-                figures |= {f"{preset}_{backend}_{k}": v for k, v in result.items()}
-                keep_partial(figures, output)
+        for preset, seq_len, backend, objective, setting in itertools.product(
+            args.presets, args.seq_lens, args.backends, args.objectives, args.settings
+        ):
+            name = f"{preset}_{seq_len}_{backend}_{objective}_{setting}"
+            overrides = [*common_overrides(device, preset), *BACKENDS[backend], *SETTINGS[setting]]
+            recipe = load_recipe(RECIPE, [*overrides, f"trainer.micro_batch_tokens={max(8192, seq_len)}"])
+            num_seqs = max(1, args.tokens_per_step // seq_len)
+            try:
+                result: dict[str, Any] = throughput(recipe, objective, args.num_steps, num_seqs, seq_len)
+                result["mfu"] = model_flops_utilization(result["tok_s"], preset, figures["card"])
+            except ray.exceptions.RayError as error:
+                if not out_of_memory(error):
+                    raise
+                result = {"fits": False}
+            figures |= {f"{name}_{k}": v for k, v in result.items()}
+            keep_partial(figures, output)
     finally:
         ray.shutdown()
-    reference = args.backends[0]
-    worst = max(
-        abs(figures[f"{b}_{name}_loss"] - figures[f"{reference}_{name}_loss"])
-        / max(abs(figures[f"{reference}_{name}_loss"]), 1e-6)
-        for b in args.backends
-        for name in ("grpo", "sft", "dpo")
-    )
-    figures["max_relative_loss_difference"] = worst
-    targets = {"losses_agree_within_2%": worst <= 0.02}
+    targets: dict[str, bool] = {}
+    if not args.skip_parity:
+        reference = args.backends[0]
+        worst = max(
+            abs(figures[f"{b}_{name}_loss"] - figures[f"{reference}_{name}_loss"])
+            / max(abs(figures[f"{reference}_{name}_loss"]), 1e-6)
+            for b in args.backends
+            for name in ("grpo", "sft", "dpo")
+        )
+        figures["max_relative_loss_difference"] = worst
+        targets["losses_agree_within_2%"] = worst <= 0.02
+    headline = figures.get("llama-1b_512_fsdp2_grpo_default_mfu")
+    if headline is not None:
+        targets["grpo_llama-1b_512_fsdp2_mfu_at_least_45%"] = headline >= 0.45
     record_result("trainer", figures, targets, output)
     return 0
 
