@@ -166,7 +166,11 @@ class DeepSpeedBackend:
 
     def load(self, weights: dict[str, Any], optimizer: Any, uri: str) -> None:
         """Resume from ``<uri>/deepspeed`` when the checkpoint has it; else set the weights alone, masters and
-        compute copies both, with a fresh optimizer."""
+        compute copies both, with a fresh optimizer. ``ValueError`` naming the parameters the checkpoint's
+        weights lack (a tied ``lm_head`` is one parameter with the embedding, saved once)."""
+        missing = [name for name, _ in self.module.named_parameters() if name not in weights]
+        if missing:
+            raise ValueError(f"checkpoint {uri!r} does not fit the model: missing {missing}")
         if optimizer is not None:
             with readable(f"{uri}/deepspeed") as path:
                 self.engine.load_checkpoint(str(path), tag=optimizer["deepspeed_tag"], load_lr_scheduler_states=False)

@@ -99,7 +99,16 @@ class FSDP2Backend:
         return weights, optim
 
     def load(self, weights: dict[str, Any], optimizer: Any, uri: str) -> None:
-        options = StateDictOptions(full_state_dict=True, strict=False)  # tied lm_head is saved once
+        """Set every weight from the checkpoint at ``uri``, strictly: ``ValueError`` naming the weights it lacks
+        or holds besides the model's. A tied weight (``lm_head`` sharing the embedding) is saved once, under the
+        name it is tied to, and set from that."""
+        tied = getattr(self.module, "_tied_weights_keys", None) if self.module.config.tie_word_embeddings else None
+        weights = {**{name: weights[source] for name, source in (tied or {}).items() if source in weights}, **weights}
+        expected = set(self.module.state_dict())
+        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        if missing or unexpected:
+            raise ValueError(f"checkpoint {uri!r} does not fit the model: missing {missing}, unexpected {unexpected}")
+        options = StateDictOptions(full_state_dict=True, strict=True)
         set_model_state_dict(self.module, weights, options=options)
         if optimizer is not None:
             set_optimizer_state_dict(self.module, self.optimizer, optimizer, options=options)

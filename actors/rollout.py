@@ -9,6 +9,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors.calls import ActorGroup
 from actors.placement import node_id, require_resources
 from rlstack import models
 from rlstack.config import Recipe
@@ -65,12 +66,15 @@ class RolloutWorker:
         return self.engine.fingerprint()
 
 
-class RolloutGroup:
+class RolloutGroup(ActorGroup):
     """M engine actors; a batch of prompts is split evenly across them.
 
-    Every call waits at most ``rollout.timeout_s``; an engine that fails to start raises
-    its own error here, at construction, instead of at the first request.
+    Every call waits at most ``rollout.timeout_s`` (``ActorGroup.gather``): an engine that dies or stops
+    answering fails it with ``ActorFailure`` naming the worker and the call, and the group is torn down. An
+    engine that fails to start raises its own error here, at construction, instead of at the first request.
     """
+
+    name, member, timeout_setting = "rollout", "worker", "rollout.timeout_s"
 
     def __init__(self, recipe: Recipe):
         placement = recipe.placement
@@ -113,13 +117,7 @@ class RolloutGroup:
 
     def sleep(self) -> None:
         """Free the engines' GPU memory until the next weight sync (LMDeploy)."""
-        self._get([w.sleep.remote() for w in self.workers], "sleep")
-
-    def _get(self, refs: list[ray.ObjectRef], what: str) -> list[Any]:
-        try:
-            return ray.get(refs, timeout=self.timeout_s)
-        except GetTimeoutError:
-            raise TimeoutError(f"rollout {what} took longer than rollout.timeout_s={self.timeout_s}") from None
+        self.gather([w.sleep.remote() for w in self.workers], "sleep")
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         """``params.n`` completions per prompt, in prompt order; worker ``i`` samples with seed ``params.seed + i``."""
@@ -127,10 +125,10 @@ class RolloutGroup:
             worker.generate.remote(part, SamplingParams(**{**vars(params), "seed": params.seed + i}))
             for i, (worker, part) in enumerate(zip(self.workers, chunks(prompts, len(self.workers)), strict=False))
         ]
-        return [group for part in self._get(futures, "generate") for group in part]
+        return [group for part in self.gather(futures, "generate") for group in part]
 
     def update_weights(self, version: int, bucket_refs: list[ray.ObjectRef]) -> list[int]:
-        return self._get([w.update_weights.remote(version, bucket_refs) for w in self.workers], "weight sync")
+        return self.gather([w.update_weights.remote(version, bucket_refs) for w in self.workers], "update_weights")
 
     def join_weight_group(self, host: str, port: int) -> list[ray.ObjectRef]:
         """Engine ``i`` joins as rank ``i + 1``; returns at once, as the trainer joins at the same time."""
@@ -138,17 +136,19 @@ class RolloutGroup:
         return [w.join_weight_group.remote(host, port, i + 1, world_size) for i, w in enumerate(self.workers)]
 
     def receive_weights(self, version: int) -> list[int]:
-        return self._get([w.receive_weights.remote(version) for w in self.workers], "weight sync")
+        return self.gather([w.receive_weights.remote(version) for w in self.workers], "receive_weights")
 
     def nodes(self) -> list[str]:
         """The node of each engine actor."""
-        return self._get([w.node_id.remote() for w in self.workers], "node_id")
+        return self.gather([w.node_id.remote() for w in self.workers], "node_id")
 
     def shutdown(self) -> None:
+        """Kill the engines and free their placement groups; a second call does nothing."""
         for worker in self.workers:
             ray.kill(worker)
         for group in self.placement_groups:
             remove_placement_group(group)
+        self.workers, self.placement_groups = [], []
 
 
 def engine_error(error: RayActorError) -> str:

@@ -12,11 +12,11 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from safetensors.torch import load_file
 
+from actors.calls import ActorGroup
 from actors.fsdp2_backend import FSDP2Backend
 from actors.objectives import HeldOutLoss, ItemLogprobs, Objective, Policy, make_objective
 from actors.placement import node_id, require_resources
-from rlstack import models
-from rlstack.checkpoint import readable, writable
+from rlstack import checkpoint, models
 from rlstack.colocation import GpuMemory
 from rlstack.config import Recipe
 from rlstack.logs import capture_output
@@ -204,9 +204,15 @@ class TrainerWorker:
     def node_id(self) -> str:
         return node_id()
 
+    @ray.method(concurrency_group="health")
+    def alive(self) -> bool:
+        """Answered from a thread of its own, even while ``step`` waits in a collective on a stopped peer."""
+        return True
+
     def load(self, uri: str) -> None:
-        """Continue from a checkpoint written by ``save``: weights, optimizer, scheduler and RNG."""
-        with readable(uri) as path:
+        """Continue from a checkpoint written by ``save``: weights, optimizer, scheduler and RNG; every file is
+        checked against the checkpoint's manifest first."""
+        with checkpoint.readable(uri, verify=True) as path:
             files = sorted(path.glob("*.safetensors"))
             weights: dict[str, Any] = {name: tensor for file in files for name, tensor in load_file(file).items()}
             state = torch.load(path / "trainer_state.pt", weights_only=False)
@@ -215,11 +221,15 @@ class TrainerWorker:
         self.num_optimizer_steps = state["num_optimizer_steps"]
         torch.set_rng_state(state["rng"])
 
-    def save(self, uri: str, optimizer: bool, files: dict[str, str]) -> None:
-        """HF safetensors and tokenizer at ``uri``, plus optimizer and trainer state and ``files`` (name: text)."""
+    def save(self, uri: str, optimizer: bool, files: dict[str, str]) -> checkpoint.Manifest:
+        """HF safetensors and tokenizer at ``uri`` (a checkpoint's staging place, ``checkpoint.staging_uri``),
+        plus optimizer and trainer state and ``files`` (name: text); rank 0 returns the manifest of what it
+        wrote, the other ranks an empty one."""
+        if self.rank == 0:
+            checkpoint.begin(uri)
         weights, optim_state = self.backend.state_dicts(optimizer, uri)
         if self.rank != 0:
-            return
+            return {}
         trainer_state: dict[str, Any] = {
             "num_optimizer_steps": self.num_optimizer_steps,
             "scheduler": self.backend.scheduler.state_dict(),
@@ -227,81 +237,97 @@ class TrainerWorker:
         }
         if optim_state is not None:
             trainer_state["optimizer"] = optim_state
-        with writable(uri) as target:
+        with checkpoint.writable(uri) as target:
             self.backend.module.save_pretrained(target, state_dict=weights)
             self.tokenizer.save_pretrained(target)
             torch.save(trainer_state, target / "trainer_state.pt")
             for name, text in files.items():
                 (target / name).write_text(text)
+            return checkpoint.manifest_of(target)
+
+    def commit(self, uri: str, staging: str, written: checkpoint.Manifest, keep_last: int | None) -> None:
+        """Rank 0 makes the checkpoint staged at ``staging`` complete at ``uri`` (``checkpoint.commit``), then
+        keeps only the newest ``keep_last`` checkpoints beside it."""
+        checkpoint.commit(uri, staging, written)
+        if keep_last is not None:
+            checkpoint.prune(uri.rstrip("/").rsplit("/", 1)[0], keep_last)
 
 
-class TrainerGroup:
-    """N ``TrainerWorker`` actors, one per rank, in a placement group from the recipe."""
+class TrainerGroup(ActorGroup):
+    """N ``TrainerWorker`` actors, one per rank, in a placement group from the recipe.
+
+    Every call waits at most ``trainer.timeout_s`` (``ActorGroup.gather``): a rank that dies or stops answering
+    fails it with ``ActorFailure`` naming the rank and the call, and the group is torn down.
+    """
+
+    name, member, timeout_setting, health_checked = "trainer", "rank", "trainer.timeout_s", True
 
     def __init__(self, recipe: Recipe):
         placement = recipe.placement
+        self.timeout_s = recipe.trainer.timeout_s
         require_resources("trainer_resources", placement.trainer_resources, placement.num_trainer_ranks)
         bundle = {"CPU": placement.trainer_cpus, "GPU": placement.trainer_gpus, **placement.trainer_resources}
-        self.placement_group = placement_group(
+        group = placement_group(
             [{k: v for k, v in bundle.items() if v}] * placement.num_trainer_ranks, strategy=placement.strategy
         )
+        self.placement_groups = [group]
         try:
-            ray.get(self.placement_group.ready(), timeout=PLACEMENT_TIMEOUT_S)
+            ray.get(group.ready(), timeout=PLACEMENT_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
             raise RuntimeError(
                 f"the trainer placement group ({placement.num_trainer_ranks} x {bundle}) could not be placed "
                 f"within {PLACEMENT_TIMEOUT_S}s; the cluster has {ray.available_resources()} free"
             ) from None
-        actor = ray.remote(TrainerWorker)
-        self.workers: list[Any] = [
+        actor = ray.remote(concurrency_groups={"health": 1})(TrainerWorker)  # type: ignore[call-overload]  # Ray types only @ray.remote(cls)
+        self.workers = [
             actor.options(
                 num_cpus=placement.trainer_cpus,
                 num_gpus=placement.trainer_gpus,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, bundle_index),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(group, bundle_index),
             ).remote(recipe, bundle_index, placement.num_trainer_ranks)
             for bundle_index in range(placement.num_trainer_ranks)
         ]
-        try:
-            master_addr, master_port = ray.get(self.workers[0].rendezvous_address.remote())
-            ray.get([w.setup.remote(master_addr, master_port) for w in self.workers])
-        except BaseException:
-            self.shutdown()
-            raise
+        master_addr, master_port = self.gather([self.workers[0].rendezvous_address.remote()], "rendezvous_address")[0]
+        self.gather([w.setup.remote(master_addr, master_port) for w in self.workers], "setup")
 
     def step(
         self, shards: list[TrainBatch] | list[SFTBatch] | list[PreferenceBatch], objective_name: str | None = None
     ) -> dict[str, float]:
         """One optimizer step of the recipe's objective (or the one named), rank ``i`` on ``shards[i]``; returns
         rank 0's metrics (the sums are all-reduced)."""
-        return ray.get([w.step.remote(s, objective_name) for w, s in zip(self.workers, shards, strict=True)])[0]
+        return self.gather(
+            [w.step.remote(s, objective_name) for w, s in zip(self.workers, shards, strict=True)], "step"
+        )[0]
 
     def logprobs(
         self, shards: list[list[Sample]] | list[list[PreferencePair]], objective_name: str | None = None
     ) -> list[list[Any]]:
         """Each rank's ``TrainerWorker.logprobs`` of its shard."""
-        return ray.get([w.logprobs.remote(s, objective_name) for w, s in zip(self.workers, shards, strict=True)])
+        refs = [w.logprobs.remote(s, objective_name) for w, s in zip(self.workers, shards, strict=True)]
+        return self.gather(refs, "logprobs")
 
     def evaluate(self, shards: list[list[SFTExample]]) -> dict[str, float]:
-        return ray.get([w.evaluate.remote(s) for w, s in zip(self.workers, shards, strict=True)])[0]
+        return self.gather([w.evaluate.remote(s) for w, s in zip(self.workers, shards, strict=True)], "evaluate")[0]
 
     def state_dict_buckets(
         self, bucket_mb: int, dtype: str, transport: str = "object_store", engine: str = "vllm"
     ) -> list[ray.ObjectRef]:
-        return ray.get([w.state_dict_buckets.remote(bucket_mb, dtype, transport, engine) for w in self.workers])[0]
+        refs = [w.state_dict_buckets.remote(bucket_mb, dtype, transport, engine) for w in self.workers]
+        return self.gather(refs, "state_dict_buckets")[0]
 
     def release_buckets(self) -> None:
-        ray.get([w.release_buckets.remote() for w in self.workers])
+        self.gather([w.release_buckets.remote() for w in self.workers], "release_buckets")
 
     def free_cached_memory(self) -> None:
-        ray.get([w.free_cached_memory.remote() for w in self.workers])
+        self.gather([w.free_cached_memory.remote() for w in self.workers], "free_cached_memory")
 
     def gpu_memory(self) -> list[GpuMemory | None]:
         """Each rank's GPU memory between updates (``None`` before the first update or off the GPU)."""
-        return ray.get([w.gpu_memory.remote() for w in self.workers])
+        return self.gather([w.gpu_memory.remote() for w in self.workers], "gpu_memory")
 
     def weight_group_address(self) -> tuple[str, int]:
         """Host and a free port on rank 0's node, for the broadcast group's store."""
-        return ray.get(self.workers[0].rendezvous_address.remote())
+        return self.gather([self.workers[0].rendezvous_address.remote()], "rendezvous_address")[0]
 
     def join_weight_group(self, host: str, port: int, world_size: int) -> list[ray.ObjectRef]:
         """Returns at once: the engines must join at the same time."""
@@ -312,19 +338,31 @@ class TrainerGroup:
         return [w.broadcast_weights.remote(bucket_mb, dtype) for w in self.workers]
 
     def fingerprint(self) -> dict[str, float]:
-        return ray.get([w.fingerprint.remote() for w in self.workers])[0]
+        return self.gather([w.fingerprint.remote() for w in self.workers], "fingerprint")[0]
 
     def nodes(self) -> list[str]:
         """The node of each rank."""
-        return ray.get([w.node_id.remote() for w in self.workers])
+        return self.gather([w.node_id.remote() for w in self.workers], "node_id")
 
-    def save(self, uri: str, optimizer: bool, files: dict[str, str]) -> None:
-        ray.get([w.save.remote(uri, optimizer, files) for w in self.workers])
+    def save(self, uri: str, optimizer: bool, files: dict[str, str], keep_last: int | None = None) -> None:
+        """A checkpoint at ``uri`` that is complete or absent: every rank writes its part at a staging place,
+        then rank 0 commits it (``rlstack.checkpoint``) and prunes to the newest ``keep_last``."""
+        staging = checkpoint.staging_uri(uri)
+        written = self.gather([w.save.remote(staging, optimizer, files) for w in self.workers], "save")[0]
+        self.gather([self.workers[0].commit.remote(uri, staging, written, keep_last)], "save")
 
     def load(self, path: str) -> None:
-        ray.get([w.load.remote(path) for w in self.workers])
+        self.gather([w.load.remote(path) for w in self.workers], "load")
+
+    def wait(self, refs: list[ray.ObjectRef], call: str) -> list[Any]:
+        """The results of calls made by a method that returns at once (``broadcast_weights``), within the
+        deadline."""
+        return self.gather(refs, call)
 
     def shutdown(self) -> None:
+        """Kill the ranks and free their placement group; a second call does nothing."""
         for worker in self.workers:
             ray.kill(worker)
-        remove_placement_group(self.placement_group)
+        for group in self.placement_groups:
+            remove_placement_group(group)
+        self.workers, self.placement_groups = [], []

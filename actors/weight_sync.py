@@ -29,7 +29,7 @@ class WeightSync:
             self._join_group()
             sending = self.trainer.broadcast_weights(config.bucket_mb, config.dtype)
             versions = self.rollout.receive_weights(version)
-            ray.get(sending)
+            self.trainer.wait(sending, "broadcast_weights")
             return versions
         refs = self.trainer.state_dict_buckets(config.bucket_mb, config.dtype, config.weight_transport, config.engine)
         versions = self.rollout.update_weights(version, refs)

@@ -375,11 +375,14 @@ class TrainerSection(Section):
     """Recompute each decoder layer's activations in backward instead of keeping them: less memory, more
     compute."""
     compile: bool = False
-    """``torch.compile`` each decoder layer of the policy (the first steps compile)."""
+    """``torch.compile`` each decoder layer of the policy (FSDP2; the first steps compile)."""
     num_steps: Count = 10
     """Training steps (rollout + update) to run."""
     seed: NonNegativeInt = 0
     """Seed for sampling and training."""
+    timeout_s: Positive = 600.0
+    """Limit on any one trainer call (setup, step, logprobs, weight sync, save, load): a rank that dies or stops
+    answering fails the run within it, named with the call, and the trainer group is torn down."""
 
     @model_validator(mode="after")
     def _check(self) -> "TrainerSection":
@@ -470,6 +473,15 @@ class CheckpointSection(Section):
     resume_from: str | None = None
     """A checkpoint (``<checkpoint.uri>/step_<k>``, a path or fsspec URL) to continue from: weights, optimizer,
     LR schedule, step, policy version and data order. Training runs on to ``trainer.num_steps``."""
+    keep_last: Count | None = None
+    """Keep only the newest k checkpoints of the run, removing older ones after each save; ``None`` keeps all."""
+    auto_resume: bool = False
+    """Recover instead of failing: when a trainer rank or an engine dies or misses its deadline, rebuild that
+    group, restore the trainer from the run's last checkpoint (engines get the current weights) and go on; a
+    job re-submitted with the same ``tracking.name`` continues from its last checkpoint."""
+    max_restarts: NonNegativeInt = 3
+    """With ``auto_resume``, the most group restarts in one run; the next failure ends it."""
+
     @field_validator("uri", "resume_from")
     @classmethod
     def _known_protocol(cls, uri: str | None) -> str | None:

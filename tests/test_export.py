@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rlstack import models
+from rlstack.checkpoint import MANIFEST, manifest_of
 from rlstack.export import export
 
 
@@ -20,6 +21,7 @@ def checkpoint(tmp_path):
     torch.save({"num_optimizer_steps": 3}, path / "trainer_state.pt")
     (path / "controller_state.json").write_text(json.dumps({"step": 3}))
     (path / "recipe.yaml").write_text("name: tiny\n")
+    (path / MANIFEST).write_text(json.dumps({"files": manifest_of(path)}))  # written last, as a trainer does
     return path
 
 
@@ -64,6 +66,8 @@ def test_an_export_of_the_embedded_model_loads_in_vllm_with_the_same_logprobs(tm
     models.load_tokenizer("smollm2").save_pretrained(checkpoint)
     torch.save({}, checkpoint / "trainer_state.pt")
     (checkpoint / "controller_state.json").write_text(json.dumps({"step": 1}))
+    (checkpoint / "recipe.yaml").write_text("name: smollm2\n")
+    (checkpoint / MANIFEST).write_text(json.dumps({"files": manifest_of(checkpoint)}))
     export(checkpoint, tmp_path / "out", dtype="float32")
 
     env = dict(os.environ)

@@ -25,6 +25,7 @@ from typing import Any
 import ray
 import torch
 
+from actors.calls import ActorFailure
 from actors.trainer import TrainerGroup
 from rlstack import models
 from rlstack.bench.result import record_result
@@ -198,9 +199,11 @@ def common_overrides(device: str, preset: str) -> list[str]:
     ]
 
 
-def out_of_memory(error: ray.exceptions.RayError) -> bool:
-    """A CUDA allocation failure, or a worker that Ray or the kernel killed for lack of host memory."""
-    return isinstance(error, (ray.exceptions.OutOfMemoryError, ray.exceptions.ActorDiedError)) or (
+def out_of_memory(error: Exception) -> bool:
+    """A CUDA allocation failure, or a worker that Ray or the kernel killed for lack of host memory (the trainer
+    group reports a rank's death as ``ActorFailure``, caused by Ray's ``ActorDiedError``)."""
+    died = error.__cause__ if isinstance(error, ActorFailure) else error
+    return isinstance(died, (ray.exceptions.OutOfMemoryError, ray.exceptions.ActorDiedError)) or (
         "out of memory" in str(error).lower()
     )
 
@@ -213,7 +216,7 @@ def largest_fitting(backend: str, presets: list[str], device: str, output: Path,
         recipe = load_recipe(RECIPE, [*common_overrides(device, preset), *BACKENDS[backend]])
         try:
             result = throughput(recipe, "grpo", num_steps=1, num_seqs=8, max_len=512)
-        except ray.exceptions.RayError as error:
+        except (ray.exceptions.RayError, ActorFailure) as error:
             if not out_of_memory(error):
                 raise
             figures[f"fit_{backend}_{preset}"] = f"does not fit: {type(error).__name__}"
@@ -305,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 result: dict[str, Any] = throughput(recipe, objective, args.num_steps, num_seqs, seq_len)
                 result["mfu"] = model_flops_utilization(result["tok_s"], preset, figures["card"])
-            except ray.exceptions.RayError as error:
+            except (ray.exceptions.RayError, ActorFailure) as error:
                 if not out_of_memory(error):
                     raise
                 result = {"fits": False}

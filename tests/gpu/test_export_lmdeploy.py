@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rlstack import models
+from rlstack.checkpoint import MANIFEST, manifest_of
 from rlstack.cli import main as rlstack_main
 from rlstack.data.chat import render_prompt
 
@@ -25,6 +26,8 @@ def test_an_export_loads_in_lmdeploy_with_transformers_logprobs(tmp_path):
     models.load_tokenizer(MODEL).save_pretrained(checkpoint)
     torch.save({"num_optimizer_steps": 3}, checkpoint / "trainer_state.pt")
     (checkpoint / "controller_state.json").write_text(json.dumps({"step": 3}))
+    (checkpoint / "recipe.yaml").write_text("name: tiny\n")
+    (checkpoint / MANIFEST).write_text(json.dumps({"files": manifest_of(checkpoint)}))  # written last
     assert rlstack_main(["export", str(checkpoint), str(tmp_path / "out"), "--dtype", "bfloat16"]) == 0
 
     tokenizer = models.load_tokenizer(MODEL)
