@@ -1,13 +1,16 @@
 """The run service against a real uvicorn server and a real local Ray."""
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
 from rlstack.ray_head import RAY_CLI
+from tests.api.chromium import Chromium
 from tests.api.conftest import DASHBOARD, TOKEN, tiny, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -81,6 +84,8 @@ def test_a_run_is_followed_to_completion_over_sse(service):
         assert run["status"] == "succeeded" and run["step"] == 2 and run["started_at"] and run["ended_at"]
         assert "eval/greedy_accuracy" in run["latest"] and run["recipe"]["trainer"]["num_steps"] == 2
         assert [m["step"] for m in client.get(f"/v1/runs/{run_id}/metrics", params={"since": 2}).json()] == [2, 2]
+        samples = client.get(f"/v1/runs/{run_id}/samples").json()  # the controller kept every group: 4 of 4 samples
+        assert samples["steps"] == [1, 2] and len(samples["samples"]) == 16 and samples["samples"][0]["scores"]
         checkpoints = client.get(f"/v1/runs/{run_id}/checkpoints").json()
         assert [c["step"] for c in checkpoints] == [1, 2] and "model.safetensors" in checkpoints[1]["files"]
         assert '{"summary": ' in client.get(f"/v1/runs/{run_id}/logs").text
@@ -144,22 +149,126 @@ def test_schemathesis_finds_no_server_error(service, tmp_path):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 
-@pytest.mark.slow
-def test_the_run_page_draws_live_curves_in_headless_chromium(service, tmp_path):
-    with service.client() as client:
-        run_id = client.post("/v1/runs", json=tiny("trainer.num_steps=3", "eval.every_steps=1")).json()["id"]
-        wait_for(lambda: client.get(f"/v1/runs/{run_id}").json()["status"] == "succeeded")
-    url = f"{service.url}/runs/{run_id}?token={TOKEN}"
-    browser = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path}/profile",
-               "--virtual-time-budget=15000", "--window-size=1400,1000"]  # fmt: skip
-    dom = subprocess.run([*browser, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-    assert f"({run_id})" in dom and 'class="status succeeded"' in dom
-    shot = tmp_path / "run.png"
-    subprocess.run([*browser, f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True)
+def colour_pixels(png, rgb: tuple[int, int, int]) -> int:
+    """How many pixels of a screenshot are within a small distance of ``rgb``."""
     import matplotlib.image
 
-    pixels = (matplotlib.image.imread(shot)[..., :3] * 255).round()
-    reward_blue = (abs(pixels - [31, 119, 180]).sum(-1) < 30).sum()  # the first series' colour
-    sampled_green = (abs(pixels - [44, 160, 44]).sum(-1) < 30).sum()  # accuracy chart: sampled, third series
-    assert reward_blue > 200 and sampled_green > 50, (reward_blue, sampled_green)
+    pixels = (matplotlib.image.imread(png)[..., :3] * 255).round()
+    return int((abs(pixels - rgb).sum(-1) < 30).sum())
+
+
+def choose(browser: Chromium, selector: str, value: str, event: str = "change") -> None:
+    """Set a control's value as a user would, firing ``event``."""
+    browser.evaluate(
+        f"{{ const e = document.querySelector({json.dumps(selector)}); e.value = {json.dumps(value)}; "
+        f"e.dispatchEvent(new Event({json.dumps(event)})) }}"
+    )
+
+
+def text(browser: Chromium, selector: str) -> str:
+    return browser.evaluate(f"document.querySelector({json.dumps(selector)}).textContent")
+
+
+CANVASES = "JSON.stringify([...document.querySelectorAll('#charts canvas')].map(c => ({...c.dataset})))"
+LOG_LINES = "document.getElementById('logs').textContent.split('\\n')"
+LOADED = (  # the last record, the final evaluation at step 3, is drawn
+    "document.querySelector('#status.succeeded') && document.querySelectorAll('.group').length && "
+    "document.getElementById('logs').textContent && "
+    "[...document.querySelectorAll('#charts canvas')].at(-1).dataset.series.includes('time/eval@0,2,3')"
+)
+
+
+@pytest.mark.slow
+def test_the_run_page_draws_curves_samples_recipe_files_and_logs_in_headless_chromium(service, tmp_path):
+    with service.client() as client:
+        run_id = client.post(
+            "/v1/runs", json=tiny("trainer.num_steps=3", "eval.every_steps=2", "checkpoint.every_steps=2")
+        ).json()["id"]
+        other = client.post("/v1/runs", json=tiny("trainer.num_steps=2", "trainer.lr=5e-4")).json()["id"]
+        for run in (run_id, other):
+            wait_for(lambda run=run: client.get(f"/v1/runs/{run}").json()["status"] == "succeeded")
+    check_the_run_page(service.url, run_id, other, tmp_path)
+
+
+def check_the_run_page(url: str, run_id: str, other: str, tmp_path: Path) -> None:
+    """The pages of ``run_id`` (3 steps, held-out accuracy every 2, a checkpoint every 2) and of its comparison with
+    ``other`` (2 steps at ``trainer.lr=5e-4``); screenshots in ``tmp_path``."""
+    with Chromium(tmp_path / "profile") as browser:
+        browser.open(f"{url}/runs/{run_id}?token={TOKEN}")
+        browser.wait_for(LOADED)
+        reward, accuracy, loss, phases = json.loads(browser.evaluate(CANVASES))
+        assert reward["title"] == "reward" and reward["xticks"] == "1,2,3" and len(reward["yticks"].split(",")) >= 3
+        held_out = dict(s.split("@") for s in accuracy["series"].split(";"))  # each metric at its own steps
+        assert held_out["accuracy"] == "1,2,3"
+        assert held_out["eval/greedy_accuracy"] == held_out["eval/sampled_accuracy"] == "0,2,3"
+        assert {"time/generate@1,2,3", "time/train@1,2,3", "time/eval@0,2,3"} <= set(phases["series"].split(";"))
+        assert loss["series"] == "loss@1,2,3"
+
+        keys = browser.evaluate("[...document.querySelectorAll('#pick option')].map(o => o.value)")
+        assert {"reward/mean", "throughput/generate_tok_s", "time/sync", "response_length", "grad_norm"} <= set(keys)
+        choose(browser, "#pick select", "response_length")
+        browser.evaluate("document.querySelector('#pick .add').click()")
+        picked = json.loads(browser.evaluate(CANVASES))[-1]
+        assert picked["title"] == "response_length" and picked["series"] == "response_length@1,2,3"
+
+        box = json.loads(
+            browser.evaluate("JSON.stringify(document.querySelector('#charts canvas').getBoundingClientRect())")
+        )
+        browser.move_mouse(box["x"] + box["width"] - 20, box["y"] + box["height"] / 2)  # over the last step
+        assert re.fullmatch(r"step 3 · reward/mean -?[\d.e+-]+", text(browser, ".readout"))
+
+        assert text(browser, "#sample-label").startswith("step 3 (3 of 3")
+        pairs = browser.evaluate(
+            "[...document.querySelectorAll('.group')].map(g => g.querySelectorAll('.best, .worst').length)"
+        )
+        assert pairs == [2, 2, 2, 2]  # every prompt of the step (4, fewer than num_logged_samples): best and worst
+        meta = text(browser, ".sample.best .meta")
+        assert "exact_match" in meta and "policy v2" in meta and "advantage" in meta
+        choose(browser, "#sample-step", "0", event="input")
+        browser.wait_for("document.getElementById('sample-label').textContent.startsWith('step 1 ')")
+        assert "policy v0" in text(browser, ".sample.worst .meta")
+
+        recipe = text(browser, "#recipe")
+        assert "num_steps: 3" in recipe and 'engine: "hf"' in recipe and "num_logged_samples: 8" in recipe
+        links = browser.evaluate("[...document.querySelectorAll('#links a')].map(a => a.href)")
+        summary = next(link for link in links if "/files/summary.json?token=" in link)
+        assert httpx.get(summary).json()["steps"] == 3
+        assert any("/files/checkpoints/step_2/model.safetensors?token=" in link for link in links)
+
+        every_line = browser.evaluate(LOG_LINES)
+        assert any(line.startswith('{"summary": ') for line in every_line) and not any(
+            "\x1b" in line for line in every_line
+        )
+        choose(browser, "#log-filter", "rlstack")
+        own = browser.evaluate(LOG_LINES)
+        assert any(line.startswith("step 3 ") for line in own) and any(line.startswith('{"summary": ') for line in own)
+        assert set(own) <= set(every_line) and not any(" pid=" in line for line in own)
+        choose(browser, "#log-filter", "library")
+        assert not any(line.startswith(("step ", '{"summary": ')) for line in browser.evaluate(LOG_LINES))
+        choose(browser, "#log-filter", "all")
+        browser.evaluate("document.getElementById('logs').textContent = ''; document.getElementById('follow').click()")
+        browser.wait_for("document.getElementById('logs').textContent.includes('{\"summary\": ')")  # streamed
+
+        charts = browser.screenshot(tmp_path / "charts.png", "#charts")
+        assert colour_pixels(charts, (31, 119, 180)) > 200 and colour_pixels(charts, (44, 160, 44)) > 50
+        samples = browser.screenshot(tmp_path / "samples.png", "#groups")
+        assert colour_pixels(samples, (44, 160, 44)) > 100 and colour_pixels(samples, (214, 39, 40)) > 100
+        browser.evaluate("window.scrollTo(0, 0)")
+        browser.screenshot(tmp_path / "run_page.png")
+
+        browser.open(f"{url}/?compare={run_id},{other}&token={TOKEN}")
+        browser.wait_for(
+            "document.querySelectorAll('#compare-charts canvas').length === 3 && !!document.querySelector('.diff')"
+        )
+        differ = browser.evaluate("[...document.querySelectorAll('.diff tr td:first-child')].map(td => td.textContent)")
+        assert set(differ) == {
+            "trainer.num_steps",
+            "trainer.lr",
+            "tracking.name",
+            "checkpoint.every_steps",
+            "eval.every_steps",
+        }
+        overlay = browser.evaluate("document.querySelector('#compare-charts canvas').dataset.series")
+        assert overlay.count("@") == 2 and run_id in overlay and other in overlay
+        assert browser.evaluate("document.querySelectorAll('#runs input:checked').length") == 2
+        browser.screenshot(tmp_path / "compare.png")
