@@ -17,7 +17,7 @@ from ray.job_submission import JobStatus
 from rlstack.api import serve
 from rlstack.api.app import Settings, create_app
 from rlstack.api.jobs import JOB_RECIPES, PROBE_ID, ROOT, Jobs
-from rlstack.api.store import Store
+from rlstack.api.store import TERMINAL, Store
 from tests.api.conftest import TOKEN, tiny
 from tests.faults.test_hostile_recipes import BOMB
 
@@ -186,3 +186,17 @@ def test_a_token_file_others_may_read_and_a_short_token_get_warnings_and_an_empt
     empty.chmod(0o600)
     assert serve.main(["--token-file", str(empty), "--db", f"sqlite:///{tmp_path}/s.db"]) == 2
     assert "the bearer token is empty" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_a_200_kb_recipe_trains_through_the_real_service_and_ray(service):
+    from tests.api.conftest import wait_for
+
+    padding = {f"key_{i}": "x" * 1000 for i in range(200)}  # unused by the fsdp2 backend
+    with service.client() as client:
+        created = client.post("/v1/runs", json=tiny("trainer.num_steps=1", f"trainer.deepspeed.config={padding}"))
+        assert created.status_code == 201, created.text[:500]
+        run_id = created.json()["id"]
+        run = wait_for(lambda: (r := client.get(f"/v1/runs/{run_id}").json())["status"] in TERMINAL and r, 600)
+        assert run["status"] == "succeeded", (run["message"], client.get(f"/v1/runs/{run_id}/logs").text[-3000:])
+        assert len(run["recipe"]["trainer"]["deepspeed"]["config"]) == 200
