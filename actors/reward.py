@@ -23,7 +23,7 @@ from actors.placement import node_id, require_resources
 from reward.api import is_async, is_batched, optional_keywords, to_score
 from reward.loader import instantiate, resolve
 from rlstack.config import PlacementSection, RewardFunction, RewardSection
-from rlstack.data.batching import chunks
+from rlstack.data.split import chunks
 from rlstack.logs import capture_output
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from actors.calls import ActorGroup
 from actors.placement import node_id, require_resources
 from rlstack import models
 from rlstack.config import Recipe
-from rlstack.data.batching import chunks
+from rlstack.data.split import chunks
 from rlstack.logs import capture_output
 from rlstack.types import Completion, SamplingParams
 from rollout.registry import make_engine

@@ -36,10 +36,11 @@ from rlstack.algorithms.advantages import zero_variance_groups
 from rlstack.checkpoint import check_resumable, checkpoint_dir, checkpoint_files, load_controller_state
 from rlstack.colocation import describe, must_sleep
 from rlstack.config import DataSection, Recipe
-from rlstack.data.batching import chunks, shard
+from rlstack.data.batching import shard
 from rlstack.data.chat import render_prompt
 from rlstack.data.dataset import RunData, load_prompt_data
 from rlstack.data.prompts import EpochSampler, Prompt
+from rlstack.data.split import chunks
 from rlstack.samples import SampleLog
 from rlstack.tracking import Tracker, plot_run
 from rlstack.types import Completion, Sample, SamplingParams, TrainBatch

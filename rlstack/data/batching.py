@@ -93,12 +93,6 @@ def padding_sample(like: Sample) -> Sample:
     return Sample(prompt_ids=like.prompt_ids, completion=completion, advantage=0.0, masked=True)
 
 
-def chunks(items: list[T], num: int) -> list[list[T]]:
-    """``items`` in at most ``num`` consecutive chunks of ``ceil(len(items) / num)``, the last one shorter."""
-    size = max(1, -(-len(items) // num))
-    return [items[start : start + size] for start in range(0, len(items), size)]
-
-
 def by_rank(items: list[T], num_ranks: int) -> list[list[T]]:
     """Round-robin shares of ``items``, one per rank; ``items[i]`` goes to rank ``i % num_ranks``."""
     return [items[rank::num_ranks] for rank in range(num_ranks)]
