@@ -40,11 +40,13 @@ class ActorGroup:
     def shutdown(self) -> None:
         raise NotImplementedError
 
-    def gather(self, refs: list[ray.ObjectRef], call: str) -> list[Any]:
+    def gather(self, refs: list[ray.ObjectRef], call: str, start_timeout_s: float | None = None) -> list[Any]:
         """The result of each ``refs[i]``, a call into ``workers[i]``, in order. ``ActorFailure`` names the first
-        actor that died, or else those that did not answer within ``timeout_s``; an error raised by the call's
-        own code is raised as it is. Either way the group is shut down first."""
-        deadline = time.monotonic() + self.timeout_s
+        actor that died, or else those that did not answer within ``timeout_s`` (``start_timeout_s`` for the
+        calls that start the group, whose processes may still be starting); an error raised by the call's own
+        code is raised as it is. Either way the group is shut down first."""
+        timeout_s = self.timeout_s if start_timeout_s is None else start_timeout_s
+        deadline = time.monotonic() + timeout_s
         pending, raised = list(refs), None
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
@@ -67,7 +69,11 @@ class ActorGroup:
             late = [refs.index(ref) for ref in pending]
             silent = self._silent(late)
             self.shutdown()
-            within = f"within {self.timeout_setting}={self.timeout_s:g}"
+            within = (
+                f"within {self.timeout_setting}={self.timeout_s:g}"
+                if start_timeout_s is None
+                else f"within {start_timeout_s:g} s of starting"
+            )
             if silent:
                 who = ", ".join(map(str, silent))
                 cause = "nor a health check: its process is stopped or hung"

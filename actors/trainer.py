@@ -25,6 +25,7 @@ from rollout.registry import pack_bucket
 from rollout.weight_broadcast import WeightGroup, flatten, plan_buckets
 
 PLACEMENT_TIMEOUT_S = 300
+"""Limit on placing the group and on starting its ranks (rendezvous, building the model), in seconds."""
 T = TypeVar("T")
 
 
@@ -287,8 +288,8 @@ class TrainerGroup(ActorGroup):
             ).remote(recipe, bundle_index, placement.num_trainer_ranks)
             for bundle_index in range(placement.num_trainer_ranks)
         ]
-        master_addr, master_port = self.gather([self.workers[0].rendezvous_address.remote()], "rendezvous_address")[0]
-        self.gather([w.setup.remote(master_addr, master_port) for w in self.workers], "setup")
+        address = self.gather([self.workers[0].rendezvous_address.remote()], "rendezvous_address", PLACEMENT_TIMEOUT_S)
+        self.gather([w.setup.remote(*address[0]) for w in self.workers], "setup", PLACEMENT_TIMEOUT_S)
 
     def step(
         self, shards: list[TrainBatch] | list[SFTBatch] | list[PreferenceBatch], objective_name: str | None = None

@@ -123,7 +123,7 @@ def commit(uri: str, staging: str, known: Manifest) -> None:
         staged.rename(final)
         fsync_dir(final.parent)
         shutil.rmtree(replaced, ignore_errors=True)
-        for partial in final.parent.glob(f".{final.name}.partial-*"):
+        for partial in final.parent.glob(".step_*.partial-*"):
             shutil.rmtree(partial, ignore_errors=True)  # left by a writer that died mid-checkpoint
         return
     found = {
@@ -227,6 +227,15 @@ def latest_checkpoint(base: str) -> str | None:
     """The newest complete checkpoint under ``base``, if any."""
     found = complete_checkpoints(base)
     return found[-1][1] if found else None
+
+
+def continued(recipe: Recipe, run_dir: Path) -> Recipe:
+    """``recipe`` resuming from the newest complete checkpoint of the run at ``run_dir``, for a job re-submitted
+    with ``checkpoint.auto_resume``; unchanged when the run has none yet (it then starts over)."""
+    latest = latest_checkpoint(checkpoint_base(recipe, run_dir))
+    if latest is None:
+        return recipe
+    return recipe.model_copy(update={"checkpoint": recipe.checkpoint.model_copy(update={"resume_from": latest})})
 
 
 def prune(base: str, keep_last: int) -> list[str]:

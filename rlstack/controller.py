@@ -12,6 +12,9 @@
 8. log (``tracking``); every ``eval.every_steps`` evaluate on held-out prompts, every
    ``checkpoint.every_steps`` save a checkpoint.
 
+A trainer rank or an engine that dies or misses its deadline ends the step with ``ActorFailure``; with
+``checkpoint.auto_resume`` the controller rebuilds that group and goes on (``Controller.recover``).
+
 SFT and DPO steps (``rlstack.sft``, ``rlstack.dpo``) are step 6 alone, on their own data.
 """
 
@@ -26,6 +29,7 @@ import torch
 import yaml
 from transformers import PreTrainedTokenizerBase
 
+from actors.calls import ActorFailure
 from actors.reward import RewardPool, ScoreRequest, Scores
 from actors.rollout import RolloutGroup
 from actors.trainer import TrainerGroup
@@ -86,6 +90,8 @@ class Controller:
         self.policy_version = 0
         self.engine_version: int | None = None
         self.start_step = 0
+        self.last_checkpoint = recipe.checkpoint.resume_from
+        self.num_restarts = 0
         try:  # a group that fails to start takes the ones already started down with it
             if self.held_out_prompts:
                 self.rollout = RolloutGroup(recipe)
@@ -128,15 +134,22 @@ class Controller:
         self.tracker.log(self.start_step, {**self.data.metrics(), **before, **seconds})
         after = before
         evaluated, checkpoint = self.start_step, None
-        for step in range(self.start_step + 1, self.recipe.trainer.num_steps + 1):
-            metrics = self.step(step)
-            if self.recipe.eval.every_steps and step % self.recipe.eval.every_steps == 0:
-                (after, seconds), evaluated = self.timed_evaluation(), step
-                metrics.update({**after, **seconds})
-            self.tracker.log(step, metrics)
-            if self.recipe.checkpoint.every_steps and step % self.recipe.checkpoint.every_steps == 0:
-                checkpoint = self.save_checkpoint(step)
+        self.first_sampler_state = self.sampler.state()
         num_steps = self.recipe.trainer.num_steps
+        step = self.start_step
+        while step < num_steps:
+            step += 1
+            version, sampler_state = self.policy_version, self.sampler.state()
+            try:
+                metrics = self.step(step)
+                if self.recipe.eval.every_steps and step % self.recipe.eval.every_steps == 0:
+                    (after, seconds), evaluated = self.timed_evaluation(), step
+                    metrics.update({**after, **seconds})
+                self.tracker.log(step, metrics)
+                if self.recipe.checkpoint.every_steps and step % self.recipe.checkpoint.every_steps == 0:
+                    checkpoint = self.save_checkpoint(step)
+            except ActorFailure as failure:
+                step = self.recover(failure, step, version == self.policy_version, sampler_state)
         if evaluated != num_steps:
             after, seconds = self.timed_evaluation()
             self.tracker.log(num_steps, {**after, **seconds})
@@ -174,7 +187,9 @@ class Controller:
         """The trainer's weights and state, and the controller's, at ``checkpoint_dir``; returns where."""
         target = checkpoint_dir(self.recipe, self.run_dir, step)
         files = checkpoint_files(self.recipe, self.state(step))
-        self.trainer.save(target, optimizer=self.recipe.checkpoint.optimizer, files=files)
+        section = self.recipe.checkpoint
+        self.trainer.save(target, optimizer=section.optimizer, files=files, keep_last=section.keep_last)
+        self.last_checkpoint = target
         return target
 
     def state(self, step: int) -> dict[str, Any]:
@@ -189,6 +204,47 @@ class Controller:
         self.policy_version = state["policy_version"]
         self.sampler.load_state(state["sampler"])
         return state
+
+    def recover(self, failure: ActorFailure, step: int, trainer_untouched: bool, sampler_state: dict[str, Any]) -> int:
+        """Rebuild the group that ``failure`` tore down during ``step`` and return the last step whose state is
+        now restored. An engine failure before the trainer moved retries the step, with the current weights
+        synced to the new engines; any other restores the trainer from the run's last checkpoint (or the
+        starting weights) and syncs that. Logs the restart; re-raises without ``checkpoint.auto_resume`` or past
+        ``checkpoint.max_restarts``."""
+        section = self.recipe.checkpoint
+        if not section.auto_resume:
+            raise failure
+        if self.num_restarts >= section.max_restarts:
+            raise RuntimeError(
+                f"{failure}; checkpoint.max_restarts={section.max_restarts} restarts were spent"
+            ) from failure
+        self.num_restarts += 1
+        retry = failure.group == "rollout" and trainer_untouched
+        if failure.group == "rollout":
+            self.rollout = RolloutGroup(self.recipe)
+        if failure.group == "trainer" or not (retry or self.last_checkpoint):
+            self.trainer.shutdown()  # the starting weights are a new group's
+            self.trainer = TrainerGroup(self.recipe)
+        self.weight_sync = WeightSync(self.trainer, self.rollout, self.recipe.rollout) if self.rollout else None
+        if retry:
+            self.sampler.load_state(sampler_state)
+            restored = step - 1
+        elif self.last_checkpoint:
+            restored = self.resume(self.last_checkpoint)["step"]
+        else:
+            self.policy_version, restored = 0, 0
+            self.sampler.load_state(self.first_sampler_state)
+        if self.rollout is not None:
+            self.sync_weights()
+        self.tracker.log(
+            step,
+            {
+                "restarts": self.num_restarts,
+                "note": f"restart {self.num_restarts}: {failure}; {failure.group} group rebuilt, continuing after "
+                f"step {restored}",
+            },
+        )
+        return restored
 
     def sync_weights(self) -> None:
         """Stream the trainer's full weights to every engine as ``self.policy_version``."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rlstack import models
+from rlstack.checkpoint import continued
 from rlstack.config import Recipe, RecipeError, load_recipe
 from rlstack.logs import DriverLogs
 from rlstack.preflight import check_cluster, preflight
@@ -56,7 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         preflight(recipe, run_dir)
         fresh = not run_dir.exists()
         if (run_dir / "metrics.jsonl").exists():
-            raise RecipeError(f"tracking.name: run directory {str(run_dir)!r} already holds a run; choose another name")
+            if not recipe.checkpoint.auto_resume:
+                raise RecipeError(
+                    f"tracking.name: run directory {str(run_dir)!r} already holds a run; choose another name, or "
+                    "set checkpoint.auto_resume=true to continue it"
+                )
+            recipe = continued(recipe, run_dir)
         models.resolve(recipe.model.path)  # provision the embedded model once, before actors load it
         controller_class = controller_for(recipe)
         data = controller_class.load_data(recipe.data, models.load_tokenizer(recipe.model.path))
