@@ -62,10 +62,12 @@ class FSDP2Backend:
         if trained and trainer.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         policy = MixedPrecisionPolicy(param_dtype=getattr(torch, trainer.compute_dtype), reduce_dtype=torch.float32)
+        # one rank holds every weight anyway: keep each layer's gathered bf16 copy from forward to backward
+        reshard = self.world_size > 1
         for layer in model.model.layers:
             if trained and trainer.compile:
                 layer.compile()
-            fully_shard(layer, mp_policy=policy)
+            fully_shard(layer, mp_policy=policy, reshard_after_forward=reshard)
         fully_shard(model, mp_policy=policy)
         add_response_scoring(model, trainer.logits_chunk_tokens)
         register_fsdp_forward_method(model, SCORE_METHOD)

@@ -374,8 +374,9 @@ class TrainerSection(Section):
     activation_checkpointing: bool = False
     """Recompute each decoder layer's activations in backward instead of keeping them: less memory, more
     compute."""
-    compile: bool = False
-    """``torch.compile`` each decoder layer of the policy (FSDP2; the first steps compile)."""
+    compile: bool | Literal["auto"] = "auto"
+    """``torch.compile`` each decoder layer of the policy (FSDP2; the first steps compile); ``auto`` is on on a
+    GPU (1.5x the tokens/s of a 1 B Llama's GRPO step on an H200) and off on the CPU."""
     num_steps: Count = 10
     """Training steps (rollout + update) to run."""
     seed: NonNegativeInt = 0
@@ -524,7 +525,7 @@ class Recipe(Section):
         recipe, sees the concrete value: dtypes (the one fast on ``placement.device`` of this machine),
         ``rollout.lmdeploy_executor`` (``uni`` on one GPU with a model that has weights, else ``ray``), and
         ``rollout.sleep_while_training`` (``false`` for engines that cannot sleep; LMDeploy decides per update) and
-        ``trainer.attention`` (``flex`` on a GPU, ``sdpa`` on the CPU)."""
+        ``trainer.attention`` and ``trainer.compile`` (``flex`` and on on a GPU, ``sdpa`` and off on the CPU)."""
         if not isinstance(data, dict):
             return data
         sections = {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in data.items()}
@@ -547,8 +548,12 @@ class Recipe(Section):
                 rollout = {**rollout, "sleep_while_training": False}
             sections["rollout"] = rollout
         trainer = sections.get("trainer", {})
-        if isinstance(trainer, dict) and trainer.get("attention", "auto") == "auto":
-            sections["trainer"] = {**trainer, "attention": "flex" if device == "cuda" else "sdpa"}
+        if isinstance(trainer, dict):
+            if trainer.get("attention", "auto") == "auto":
+                trainer = {**trainer, "attention": "flex" if device == "cuda" else "sdpa"}
+            if trainer.get("compile", "auto") == "auto":
+                trainer = {**trainer, "compile": device == "cuda"}
+            sections["trainer"] = trainer
         return sections
 
     @model_validator(mode="after")

@@ -37,12 +37,12 @@ from rlstack.types import Completion, PreferenceBatch, PreferencePair, Sample, S
 RECIPE = "recipes/grpo_tiny_random.yaml"
 SETTINGS = {
     "default": [],
-    "sdpa": ["trainer.attention=sdpa"],
+    "eager": ["trainer.compile=false"],
+    "sdpa_eager": ["trainer.attention=sdpa", "trainer.compile=false"],
     "activation_checkpointing": ["trainer.activation_checkpointing=true"],
-    "compile": ["trainer.compile=true"],
-    "compile_activation_checkpointing": ["trainer.compile=true", "trainer.activation_checkpointing=true"],
 }
-"""Trainer settings timed against each other (``default`` is the recipe's: ``trainer.attention=auto``)."""
+"""Trainer settings timed against each other. ``default`` is the recipe's autos: on a GPU FlexAttention and
+compiled layers; ``sdpa_eager`` is the dense-mask path without compiling."""
 BACKENDS = {
     "fsdp2": ["trainer.backend=fsdp2"],
     "zero1": ["trainer.backend=deepspeed", "trainer.deepspeed.zero_stage=1"],
