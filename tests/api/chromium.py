@@ -32,14 +32,15 @@ class Chromium:
             time.sleep(0.1)
         port = port_file.read_text().split()[0]
         pages = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list").json() if t["type"] == "page"]
-        self.socket = connect(pages[0]["webSocketDebuggerUrl"], max_size=2**28)
+        self.url = pages[0]["webSocketDebuggerUrl"]
         self.ids = itertools.count(1)
 
     def __enter__(self) -> "Chromium":
+        self.socket = connect(self.url, max_size=2**28).__enter__()  # websockets wants its connection entered
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.socket.close()
+        self.socket.__exit__(None, None, None)
         self.process.kill()
         self.process.wait()
 

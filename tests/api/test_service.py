@@ -181,12 +181,14 @@ LOADED = (  # the last record, the final evaluation at step 3, is drawn
 @pytest.mark.slow
 def test_the_run_page_draws_curves_samples_recipe_files_and_logs_in_headless_chromium(service, tmp_path):
     with service.client() as client:
-        run_id = client.post(
-            "/v1/runs", json=tiny("trainer.num_steps=3", "eval.every_steps=2", "checkpoint.every_steps=2")
-        ).json()["id"]
-        other = client.post("/v1/runs", json=tiny("trainer.num_steps=2", "trainer.lr=5e-4")).json()["id"]
-        for run in (run_id, other):
-            wait_for(lambda run=run: client.get(f"/v1/runs/{run}").json()["status"] == "succeeded")
+        ids = []
+        for overrides in (
+            ("trainer.num_steps=3", "eval.every_steps=2", "checkpoint.every_steps=2"),
+            ("trainer.num_steps=2", "trainer.lr=5e-4"),
+        ):  # one after the other: two runs at once on the 2 CPUs of the head would wait on each other's resources
+            ids.append(client.post("/v1/runs", json=tiny(*overrides)).json()["id"])
+            wait_for(lambda: client.get(f"/v1/runs/{ids[-1]}").json()["status"] == "succeeded")
+    run_id, other = ids
     check_the_run_page(service.url, run_id, other, tmp_path)
 
 
