@@ -1,7 +1,8 @@
 """The ``rlstack`` command line.
 
 Commands:
-  rlstack train RECIPE [key.path=value ...]   train with a local Ray (or the one in RAY_ADDRESS)
+  rlstack train RECIPE [key.path=value ...]   train with a local Ray (or the one in RAY_ADDRESS); --verbose
+                                              shows the libraries' logs, kept in <run_dir>/logs/ otherwise
   rlstack export CHECKPOINT OUT [--dtype D]   a checkpoint as a plain Hugging Face model directory
   rlstack data inspect FILE [--recipe R]      row count, prompt lengths and reward fields of a data file
   rlstack serve [--host H] [--port P]         the HTTP run service (OpenAPI docs at /docs)
