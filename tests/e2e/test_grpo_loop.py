@@ -1,9 +1,11 @@
 """Two GRPO steps through all three groups on a real local Ray, with a tiny random model."""
 
 import json
+import shutil
 
 import pytest
 
+from rlstack.checkpoint import continued
 from rlstack.config import load_recipe
 from rlstack.controller import GRPOController
 from rlstack.data.batching import shard
@@ -93,3 +95,13 @@ def test_resuming_from_a_checkpoint_continues_exactly(ray_cluster, tmp_path, req
     assert summary["policy_version"] == 3
     steps = [json.loads(line)["step"] for line in (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()]
     assert steps[0] == 1 and 2 in steps and 1 not in steps[1:]
+
+    # the straight run, cut short: step 3 never written, step 2 torn; re-submitted under its own name
+    shutil.rmtree(tmp_path / "store/step_3")
+    (tmp_path / "store/step_2/trainer_state.pt").write_bytes(b"")
+    again = load_recipe(recipe_file, [*common, f"checkpoint.uri={store}", "checkpoint.auto_resume=true"])
+    again = continued(again, tmp_path / "straight")
+    assert again.checkpoint.resume_from == f"{store}/step_1"
+    with GRPOController(again, tmp_path / "straight") as controller:
+        controller.run()
+        assert controller.trainer.fingerprint() == straight
