@@ -32,9 +32,10 @@ MARK_ENV = "RLSTACK_DEMO_RUN"
 """Set to the run's name in the environment of everything the demo starts, which Ray's processes inherit."""
 RAY_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\s(INFO|SUCC|DEBUG)\s")
 """Ray's own informational lines (``ray job submit`` and the job's start), as Ray formats them."""
-TAIL_START = "Tailing logs until the job exits"
-"""What ``ray job submit`` says before it streams the job's own lines."""
 JOB_START = "Running entrypoint for job"
+STILL_RUNNING = re.compile(r"Status for job '[^']+': (RUNNING|PENDING)")
+"""What ``ray job logs --follow`` ends with when its stream closed before the job did, which Ray's log stream may."""
+SUCCEEDED = re.compile(r"Job '[^']+' succeeded")
 JOB_EXCLUDES = [*EXCLUDES, "/.?*"]  # not "/.*", which matches the working directory itself, "."
 """What the job's working directory leaves behind: the run service's excludes and every dot-entry at the top (caches,
 tool directories), which would otherwise push the upload past Ray's 100 MiB."""
@@ -109,15 +110,21 @@ def role(cmdline: list[str]) -> str:
     return next((name for key, name in ROLES if key in command), Path(cmdline[0]).name if cmdline else "?")
 
 
-def job_lines(stream: IO[str], log: IO[str]) -> None:
-    """Copy ``ray job submit``'s output to ``log`` and show the job's own lines: those after Ray starts tailing,
-    but for Ray's informational ones."""
-    tailing = False
+def job_lines(stream: IO[str], log: IO[str] | None, skip: int) -> tuple[int, str]:
+    """Copy ``ray job logs``' output to ``log`` and show the job's own lines after the first ``skip`` of them (those
+    already shown); without a ``log``, show Ray's lines too. Returns how many of the job's lines there were, and
+    the last line in which Ray says how the job stands."""
+    count, status = 0, ""
     for line in stream:
-        log.write(line)
-        tailing = tailing or TAIL_START in line
-        if tailing and TAIL_START not in line and JOB_START not in line and not RAY_LINE.match(line):
+        if STILL_RUNNING.search(line) or SUCCEEDED.search(line) or " failed" in line or "was stopped" in line:
+            status = line
+        ours = JOB_START not in line and not RAY_LINE.match(line)
+        count += ours
+        if log is not None:
+            log.write(line)
+        if (ours and count > skip) or (not ours and log is None):
             print(line, end="", flush=True)
+    return count, status
 
 
 def stop(mark: str, grace_s: float = 10.0) -> None:
@@ -147,14 +154,23 @@ def stop(mark: str, grace_s: float = 10.0) -> None:
             continue
 
 
-def submit(job: list[str], env: dict[str, str], log: IO[str] | None) -> int:
-    """Run ``ray job submit``; its exit code. With a ``log``, only the job's own lines reach the console."""
-    if log is None:
-        return subprocess.run(job, env=env).returncode
-    with subprocess.Popen(job, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
-        assert process.stdout is not None
-        job_lines(process.stdout, log)
-    return process.returncode
+def submit(job: list[str], env: dict[str, str], log: IO[str] | None, address: str, job_id: str) -> int:
+    """Submit the job (``job``: ``ray job submit --no-wait --submission-id=job_id ...``), then stream its lines
+    until it ends; 0 if it succeeded, else 1.
+
+    The stream is ``ray job logs --follow``, opened again (showing only lines not yet shown) when Ray closes it
+    while the job still runs, as its log stream may on a loaded machine.
+    """
+    subprocess.run(job, env=env, check=True, stdout=log, stderr=log)
+    follow = [*RAY_CLI, "job", "logs", "--follow", f"--address={address}", job_id]
+    shown = 0
+    while True:
+        with subprocess.Popen(follow, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+            assert process.stdout is not None
+            shown, status = job_lines(process.stdout, log, shown)
+        if not STILL_RUNNING.search(status):
+            return 0 if SUCCEEDED.search(status) else 1
+        time.sleep(1.0)
 
 
 def seen_in(log: IO[str] | None) -> str:
@@ -174,9 +190,11 @@ def run_demo(recipe: str, overrides: list[str], run_root: Path, setup_s: float, 
         print(f"rlstack demo: a local Ray head runs {recipe} as a job; Ray's own output: {log.name}", flush=True)
     # ports of its own: Ray's defaults (6379, 8265, 52365, 10001) may be taken by another head on this machine
     gcs, dashboard, agent, client = (free_port() for _ in range(4))
+    address = f"http://127.0.0.1:{dashboard}"
     job = [
-        *RAY_CLI, "job", "submit", f"--address=http://127.0.0.1:{dashboard}", "--working-dir", ".",
-        f"--runtime-env-json={json.dumps({'excludes': JOB_EXCLUDES})}", "--", "python", "-m", "rlstack.train", recipe,
+        *RAY_CLI, "job", "submit", f"--address={address}", "--working-dir", ".",
+        f"--runtime-env-json={json.dumps({'excludes': JOB_EXCLUDES})}", "--no-wait", f"--submission-id={name}",
+        "--", "python", "-m", "rlstack.train", recipe,
         f"tracking.run_root={run_root.resolve()}", f"tracking.name={name}", *overrides,
         *(["--verbose"] if verbose else []),
     ]  # fmt: skip
@@ -189,7 +207,7 @@ def run_demo(recipe: str, overrides: list[str], run_root: Path, setup_s: float, 
                 f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}", "--disable-usage-stats",
                 log=log,
             )  # fmt: skip
-            returncode = submit(job, env, log)
+            returncode = submit(job, env, log, address, job_id=name)
         except subprocess.CalledProcessError as exc:
             raise SystemExit(
                 f"rlstack demo: the Ray head did not start (exit code {exc.returncode}){seen_in(log)}"

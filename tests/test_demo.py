@@ -9,29 +9,42 @@ import psutil
 
 from rlstack.demo import MARK_ENV, DemoMemory, job_lines, role, stop, with_descendants
 
-RAY_JOB_SUBMIT = """\
+RAY_JOB_LOGS = """\
 2026-12-01 10:46:00,590\tINFO cli.py:42 -- Job submission server address: http://127.0.0.1:8265
-2026-12-01 10:46:00,590\tWARNING working_dir.py:101 -- Directory '.git' is now ignored by default
-2026-12-01 10:46:02,312\tSUCC cli.py:67 -- Job 'raysubmit_1' submitted successfully
-2026-12-01 10:46:02,321\tINFO cli.py:351 -- Tailing logs until the job exits (disable with --no-wait):
 2026-12-01 10:46:02,305\tINFO job_manager.py:581 -- Runtime env is setting up.
-Running entrypoint for job raysubmit_1: python -m rlstack.train recipes/grpo_arith_smollm2.yaml
+Running entrypoint for job demo-1: python -m rlstack.train recipes/grpo_arith_smollm2.yaml
 grpo-arith-smollm2: grpo on smollm2, 12 steps on cpu
 step 1  reward/mean=0.188
-{"summary": {"steps": 12}}
-2026-12-01 10:58:02,312\tSUCC cli.py:66 -- Job 'raysubmit_1' succeeded
 """
+STILL_RUNNING = "2026-12-01 10:50:11,576\tINFO cli.py:92 -- Status for job 'demo-1': RUNNING\n"
+RAY_JOB_LOGS_AGAIN = (
+    RAY_JOB_LOGS
+    + """\
+step 2  reward/mean=0.344
+{"summary": {"steps": 12}}
+2026-12-01 10:58:02,312\tSUCC cli.py:66 -- Job 'demo-1' succeeded
+"""
+)
 
 
-def test_the_demo_shows_the_jobs_own_lines_and_logs_all_of_ray_job_submit(capsys):
+def test_the_demo_shows_the_jobs_own_lines_once_and_logs_all_of_rays(capsys):
     log = io.StringIO()
-    job_lines(io.StringIO(RAY_JOB_SUBMIT), log)
+    shown, status = job_lines(io.StringIO(RAY_JOB_LOGS + STILL_RUNNING), log, skip=0)
+    assert (shown, status) == (2, STILL_RUNNING)
+    shown, status = job_lines(io.StringIO(RAY_JOB_LOGS_AGAIN), log, skip=shown)  # Ray closed the stream early
+    assert shown == 4 and "succeeded" in status
     assert capsys.readouterr().out.splitlines() == [
         "grpo-arith-smollm2: grpo on smollm2, 12 steps on cpu",
         "step 1  reward/mean=0.188",
+        "step 2  reward/mean=0.344",
         '{"summary": {"steps": 12}}',
     ]
-    assert log.getvalue() == RAY_JOB_SUBMIT
+    assert log.getvalue() == RAY_JOB_LOGS + STILL_RUNNING + RAY_JOB_LOGS_AGAIN
+
+
+def test_verbose_the_demo_shows_rays_lines_too(capsys):
+    job_lines(io.StringIO(RAY_JOB_LOGS_AGAIN), None, skip=0)
+    assert capsys.readouterr().out == RAY_JOB_LOGS_AGAIN
 
 
 def test_process_kinds_name_the_actor_not_its_current_method():
