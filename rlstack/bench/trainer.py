@@ -28,7 +28,7 @@ import torch
 from actors.calls import ActorFailure
 from actors.trainer import TrainerGroup
 from rlstack import models
-from rlstack.bench.result import record_result
+from rlstack.bench.result import command_line, record_result
 from rlstack.config import RANDOM_PREFIX, Recipe, load_recipe
 from rlstack.data.batching import by_rank, shard
 from rlstack.hardware import bf16_peak_flops
@@ -231,7 +231,7 @@ def largest_fitting(backend: str, presets: list[str], device: str, output: Path,
 def keep_partial(figures: dict[str, Any], output: Path) -> None:
     """The figures so far, so that a run cut short (out of time on the device) keeps what it measured."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({**figures, "complete": False}, indent=2) + "\n")
+    output.write_text(json.dumps({"command": command_line(), **figures, "complete": False}, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
