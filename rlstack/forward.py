@@ -27,21 +27,6 @@ def padded_response_logits(model: torch.nn.Module, batch: Collated, device: torc
     return out.logits[:, :-1]
 
 
-def shared_prompt_logits(
-    model: torch.nn.Module, row: SharedPromptRow, device: torch.device, attention_mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``[N, V]`` logits predicting each response token of a shared-prompt row, in row order; pass the row's
-    ``attention_mask`` when it is already built on ``device`` (two models over one row)."""
-    out = model(
-        input_ids=row.input_ids.to(device),
-        position_ids=row.position_ids.to(device),
-        attention_mask=row.attention_mask(device) if attention_mask is None else attention_mask,
-        logits_to_keep=row.logit_positions.to(device),
-        use_cache=False,
-    )
-    return out.logits[0]
-
-
 def add_response_scoring(model: PreTrainedModel, chunk_tokens: int) -> None:
     """Give a causal LM a ``score_responses`` method: ``shared_prompt_scores`` without ``[N, V]`` logits."""
 

@@ -19,22 +19,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel
 
 from rlstack import models
 from rlstack.algorithms import token_logprobs
 from rlstack.bench.result import record_result
 from rlstack.config import load_recipe
+from rlstack.data.attention import Attention
 from rlstack.data.batching import Collated, collate, micro_batches
 from rlstack.data.chat import render_prompt
 from rlstack.data.dataset import load_prompt_data
 from rlstack.data.shared_prompt import SharedPromptRow, collate_shared_prompt, shared_prompt_rows
-from rlstack.forward import padded_response_logits, shared_prompt_logits
+from rlstack.forward import add_response_scoring, padded_response_logits, shared_prompt_scores
 from rlstack.hardware import resolve_dtype
 from rlstack.types import Completion, Sample
 
 RECIPE = "recipes/grpo_arith_smollm2.yaml"
 LOSS_BOUND = {"float32": 1e-5, "bfloat16": 1e-3}  # relative; the layouts sum in different orders
-Layout = Callable[[torch.nn.Module, list[Sample], int], Iterator[tuple[torch.Tensor, Collated | SharedPromptRow]]]
+Layout = Callable[[PreTrainedModel, list[Sample], int], Iterator[tuple[torch.Tensor, Collated | SharedPromptRow]]]
 
 
 def demo_batch(seed: int, model_path: str) -> tuple[list[Sample], int]:
@@ -53,7 +55,7 @@ def demo_batch(seed: int, model_path: str) -> tuple[list[Sample], int]:
     return samples, recipe.trainer.micro_batch_tokens
 
 
-def padded(model: torch.nn.Module, samples: list[Sample], budget: int) -> Iterator[tuple[torch.Tensor, Collated]]:
+def padded(model: PreTrainedModel, samples: list[Sample], budget: int) -> Iterator[tuple[torch.Tensor, Collated]]:
     """``[B, R]`` logprobs of each padded micro-batch, with the micro-batch."""
     device = next(model.parameters()).device
     for group in micro_batches(samples, budget):
@@ -62,19 +64,22 @@ def padded(model: torch.nn.Module, samples: list[Sample], budget: int) -> Iterat
 
 
 def shared(
-    model: torch.nn.Module, samples: list[Sample], budget: int
+    model: PreTrainedModel, samples: list[Sample], budget: int
 ) -> Iterator[tuple[torch.Tensor, SharedPromptRow]]:
-    """``[B, R]`` logprobs of each shared-prompt row, with the row."""
+    """``[B, R]`` logprobs of each shared-prompt row, with the row, as the trainer scores them (the model's
+    attention's mask, the sampled tokens scored in chunks)."""
     device = next(model.parameters()).device
+    attention: Attention = "flex" if model.config._attn_implementation == "flex_attention" else "sdpa"
     for row in shared_prompt_rows(samples, budget):
         data = collate_shared_prompt(row, pad_id=0)
-        yield data.scatter(token_logprobs(shared_prompt_logits(model, data, device), data.token_ids.to(device))), data
+        scores, _ = shared_prompt_scores(model, data, device, data.attention_mask(device, attention), 1.0)
+        yield data.scatter(scores), data
 
 
 LAYOUTS: dict[str, Layout] = {"padded": padded, "shared": shared}
 
 
-def forward_backward(model: torch.nn.Module, samples: list[Sample], budget: int, layout: Layout) -> tuple[float, int]:
+def forward_backward(model: PreTrainedModel, samples: list[Sample], budget: int, layout: Layout) -> tuple[float, int]:
     """The batch's policy-gradient loss ``-sum(A * logprob)`` with its backward, and the tokens run."""
     total, tokens = 0.0, 0
     for logprobs, data in layout(model, samples, budget):
@@ -91,12 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="smollm2", help="a model path; random:smollm2-135m where no weights are")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--attention", choices=["auto", "sdpa", "flex"], default="auto", help="as trainer.attention")
     parser.add_argument("--output", type=Path, default=Path("docs/results/prompt_sharing_cpu.json"))
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     samples, budget = demo_batch(args.seed, args.model)
     dtype = resolve_dtype("auto", device.type)
-    model = models.load_model(args.model, dtype=getattr(torch, dtype))
+    attention = args.attention if args.attention != "auto" else "flex" if device.type == "cuda" else "sdpa"
+    model = models.load_model(args.model, dtype=getattr(torch, dtype), attention=attention, device=device.type)
+    add_response_scoring(model, load_recipe(RECIPE, ["rollout.engine=hf"]).trainer.logits_chunk_tokens)
     model.to(device)  # type: ignore[arg-type]  # transformers' decorator confuses mypy
     seconds: dict[str, list[float]] = {name: [] for name in LAYOUTS}
     losses: dict[str, float] = {}
@@ -115,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "workload": f"{len(samples)} samples, 16 prompts x 8, responses 1-40 tokens, budget {budget}",
         "model": args.model,
         "dtype": dtype,
+        "attention": attention,
         "rounds": args.rounds,
         "response_tokens": sum(len(s.completion.token_ids) for s in samples),
         "padded_tokens": tokens["padded"],
