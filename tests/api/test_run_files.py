@@ -100,3 +100,10 @@ def test_the_run_directorys_files_logs_and_checkpoints_are_listed_and_served(cli
     for outside in ("../secret.txt", "..%2Fsecret.txt", "checkpoints", "/etc/passwd", "nope.json"):
         assert client.get(f"/v1/runs/{run_id}/files/{outside}").status_code == 404, outside
     assert client.get(f"/v1/runs/{run_id}/files/summary.json", headers={"Authorization": ""}).status_code == 401
+
+
+def test_the_page_is_one_file_that_fetches_nothing_from_elsewhere(client):
+    page = client.get("/").text
+    assert "<script>" in page and "<canvas" in page
+    for outside in ("src=", "http://", "https://", "@import", "url("):
+        assert outside not in page, outside

@@ -248,6 +248,12 @@ def check_the_run_page(url: str, run_id: str, other: str, tmp_path: Path) -> Non
         choose(browser, "#log-filter", "library")
         assert not any(line.startswith(("step ", '{"summary": ')) for line in browser.evaluate(LOG_LINES))
         choose(browser, "#log-filter", "all")
+        sources = browser.evaluate("[...document.querySelectorAll('#log-source option')].map(o => o.value)")
+        assert {"logs/driver.log", "logs/trainer-0.log", "logs/rollout-0.log"} <= set(sources)  # the quiet console's
+        driver_log = httpx.get(f"{url}/v1/runs/{run_id}/files/logs/driver.log", params={"token": TOKEN}).text
+        choose(browser, "#log-source", "logs/driver.log")
+        shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", driver_log)  # as the page shows it: escapes rendered
+        browser.wait_for(f"document.getElementById('logs').textContent === {json.dumps(shown)}")
         browser.evaluate("document.getElementById('logs').textContent = ''; document.getElementById('follow').click()")
         browser.wait_for("document.getElementById('logs').textContent.includes('{\"summary\": ')")  # streamed
 
