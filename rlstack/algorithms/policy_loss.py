@@ -5,9 +5,19 @@ Per token, with ``ratio = exp(logprobs - old_logprobs)`` and sequence advantage 
 
     loss_t = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A)
 
-``clip_high > clip_low`` is DAPO's clip-higher (https://arxiv.org/abs/2503.14476). The
-log-ratio is clamped to [-10, 10] before ``exp`` so a trainer/engine mismatch cannot
-overflow.
+``clip_high > clip_low`` is DAPO's clip-higher (https://arxiv.org/abs/2503.14476).
+
+``level="sequence"`` is GSPO (https://arxiv.org/abs/2507.18071): one length-normalised
+ratio per sequence, the geometric mean of its token ratios,
+``s_i = exp(mean_t(logprobs_it - old_logprobs_it))`` over its response tokens, clipped as
+above with the sequence's advantage. Every token of sequence ``i`` gets the loss of
+``s_i``, so ``seq_mean_token_mean`` aggregation gives GSPO's objective exactly (the mean
+over sequences); ``grad(s_i) = s_i / |y_i| * sum_t grad(logprobs_it)``, so every token
+of a sequence gets the same weight, as in GSPO. GSPO clips far tighter than PPO
+(the paper uses 3e-4 and 4e-4).
+
+The log-ratio (per token, or its per-sequence mean) is clamped to [-10, 10] before ``exp``
+so a trainer/engine mismatch cannot overflow.
 
 GRPO, Dr.GRPO and DAPO differ in how token losses become one number (``aggregate``).
 Normalisers are passed in, not computed from the mask, so that a batch split into
@@ -19,6 +29,7 @@ from typing import Literal
 import torch
 
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
+ImportanceLevel = Literal["token", "sequence"]
 
 
 def clipped_surrogate(
@@ -27,18 +38,30 @@ def clipped_surrogate(
     advantages: torch.Tensor,
     clip_low: float = 0.2,
     clip_high: float = 0.2,
+    level: ImportanceLevel = "token",
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token PPO-clip loss.
+    """Per-token PPO-clip loss, with per-token (PPO, GRPO) or per-sequence (GSPO) ratios.
 
     Args:
         logprobs: ``[B, T]`` current policy logprobs of the sampled tokens.
         old_logprobs: ``[B, T]`` logprobs of the policy that sampled them (no gradient).
         advantages: ``[B]`` one advantage per sequence.
+        level: ``token``: ``ratio_it = exp(logprobs_it - old_it)``; ``sequence``: GSPO's ``s_i`` for every token.
+        mask: ``[B, T]`` float, 1 on response tokens; needed by ``level="sequence"`` to take the mean.
 
     Returns:
-        ``loss: [B, T]`` and ``clipped: [B, T]`` bool, true where the clip was active.
+        ``loss: [B, T]`` and ``clipped: [B, T]`` bool, true where the clip was active (with ``sequence``, on
+        every token of a clipped sequence).
     """
-    ratio = (logprobs - old_logprobs.detach()).clamp(-10.0, 10.0).exp()  # [B, T]
+    log_ratio = logprobs - old_logprobs.detach()  # [B, T]
+    if level == "sequence":
+        assert mask is not None, "a sequence-level ratio needs the response mask"
+        seq_log_ratio = (log_ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)  # [B, 1]
+        log_ratio = seq_log_ratio.expand_as(logprobs)  # [B, T], s_i's log on each of sequence i's tokens
+    elif level != "token":
+        raise ValueError(f"algorithm.importance_level={level!r}: expected token or sequence")
+    ratio = log_ratio.clamp(-10.0, 10.0).exp()  # [B, T]
     adv = advantages.unsqueeze(-1)  # [B, 1]
     unclipped = ratio * adv
     clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * adv

@@ -65,3 +65,43 @@ def test_micro_batches_sum_to_the_whole_batch_loss(mode):
 def test_unknown_aggregation_names_the_key():
     with pytest.raises(ValueError, match="algorithm.loss_agg"):
         aggregate(TOKEN_LOSS, MASK, "sum", 4, 2, 3)  # type: ignore[arg-type]
+
+
+def test_sequence_level_ratio_is_the_geometric_mean_of_the_token_ratios():
+    # GSPO, clip 0.2:
+    #   row 0: token ratios 4 and 1, s = exp((log 4 + 0) / 2) = 2, A=+1: min(2, 1.2) = 1.2 -> loss -1.2 on both
+    #          tokens, clipped (token-level PPO would give -1.2 and -1.0)
+    #   row 1: token ratios 0.81 and 1, s = exp(log 0.81 / 2) = 0.9, A=-1: min(-0.9, -0.9) -> loss 0.9, not
+    #          clipped; the padding position's 7.0 is left out of the mean
+    logprobs = torch.tensor([[math.log(4.0), 0.0, 0.0], [math.log(0.81), 0.0, 7.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    loss, clipped = clipped_surrogate(
+        logprobs, torch.zeros(2, 3), torch.tensor([1.0, -1.0]), level="sequence", mask=mask
+    )
+    assert (loss * mask).flatten().tolist() == pytest.approx([-1.2, -1.2, 0.0, 0.9, 0.9, 0.0])
+    assert (clipped & mask.bool()).tolist() == [[True, True, False], [False, False, False]]
+
+
+def test_sequence_level_gradient_weighs_every_token_of_a_sequence_the_same():
+    # row 1 above, unclipped: the loss summed over its 2 tokens is 2 * s, and d(2 s) / d logprob_t = 2 * s / 2 = 0.9
+    # on each response token (s_i / |y_i| per token of the broadcast loss, GSPO's gradient), 0 on padding
+    logprobs = torch.tensor([[math.log(0.81), 0.0, 7.0]], requires_grad=True)
+    old = torch.zeros(1, 3, requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    loss, _ = clipped_surrogate(logprobs, old, torch.tensor([-1.0]), level="sequence", mask=mask)
+    (loss * mask).sum().backward()
+    assert logprobs.grad is not None
+    assert logprobs.grad.flatten().tolist() == pytest.approx([0.9, 0.9, 0.0])
+    assert old.grad is None
+
+
+def test_sequence_level_ratio_of_a_huge_log_ratio_stays_finite():
+    loss, _ = clipped_surrogate(
+        torch.tensor([[500.0, 500.0]]), torch.zeros(1, 2), torch.tensor([-1.0]), level="sequence", mask=torch.ones(1, 2)
+    )
+    assert torch.isfinite(loss).all()
+
+
+def test_unknown_importance_level_names_the_key():
+    with pytest.raises(ValueError, match="algorithm.importance_level"):
+        clipped_surrogate(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1), level="batch")  # type: ignore[arg-type]
