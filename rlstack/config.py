@@ -49,6 +49,8 @@ Probability = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
 """A share in (0, 1]."""
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 """A share in [0, 1)."""
+AboveOne = Annotated[float, Field(gt=1, allow_inf_nan=False)]
+"""A finite factor above 1: a bound on an importance ratio."""
 
 
 class Section(BaseModel):
@@ -289,6 +291,17 @@ class AlgorithmSection(Section):
     """GRPO: skip groups whose rewards are all equal (their advantage is zero anyway)."""
     num_minibatches: Count = 1
     """GRPO: optimizer steps per rollout batch; the batch is split into this many minibatches."""
+    importance_level: Literal["token", "sequence"] = "token"
+    """GRPO: the PPO ratio per token, or GSPO's per sequence, ``s_i = exp(mean_t(logprob - old logprob))``."""
+    rollout_correction: Literal["none", "tis", "mis"] = "none"
+    """GRPO: correct for the engine/trainer logprob gap, ``ratio = exp(trainer logprob - engine logprob)``:
+    ``tis`` weights each token's loss by ``min(ratio, correction_cap)``, ``mis`` drops tokens (or sequences)
+    whose ratio is outside ``[1/correction_cap, correction_cap]``; the PPO ratio is then taken against the
+    trainer's logprobs, not the engine's. Needs ``num_minibatches`` 1."""
+    correction_level: Literal["token", "sequence"] = "token"
+    """GRPO: ``rollout_correction``'s ratio per token, or per sequence (the product of its tokens' ratios)."""
+    correction_cap: AboveOne = 2.0
+    """GRPO: ``rollout_correction``'s threshold, above 1: TIS's truncation, MIS's band ``[1/cap, cap]``."""
     batch_size: Count = 16
     """SFT: examples, DPO: preference pairs, per optimizer step (micro-batches accumulate gradients)."""
     beta: Positive = 0.1
@@ -305,6 +318,12 @@ class AlgorithmSection(Section):
     def _check(self) -> "AlgorithmSection":
         if self.dpo_loss == "ipo" and self.label_smoothing:
             raise ValueError("algorithm.label_smoothing applies to dpo_loss 'sigmoid' only, not 'ipo'")
+        if self.rollout_correction != "none" and self.num_minibatches > 1:
+            raise ValueError(
+                f"algorithm.rollout_correction={self.rollout_correction!r} needs algorithm.num_minibatches=1, not "
+                f"{self.num_minibatches}: the trainer's logprobs at the behaviour policy are those of the step's "
+                "first (only) minibatch, before its update"
+            )
         return self
 
 
