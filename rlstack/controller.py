@@ -19,9 +19,11 @@ SFT and DPO steps (``rlstack.sft``, ``rlstack.dpo``) are step 6 alone, on their 
 """
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -45,6 +47,7 @@ from rlstack.data.chat import render_prompt
 from rlstack.data.dataset import RunData, load_prompt_data
 from rlstack.data.prompts import EpochSampler, Prompt
 from rlstack.data.split import chunks
+from rlstack.pipeline import Channel, Closed, staleness, within_bound
 from rlstack.samples import SampleLog
 from rlstack.tracking import Tracker, plot_run
 from rlstack.types import Completion, Sample, SamplingParams, TrainBatch
@@ -52,6 +55,10 @@ from rlstack.types import Completion, Sample, SamplingParams, TrainBatch
 SEED_STRIDE = 1_000_003
 """Step seeds are ``trainer.seed * SEED_STRIDE + step``: a prime stride, so runs of different seeds never share
 a step's seed within a million steps."""
+ROUND_SEED_STRIDE = 1_000_000_007
+"""A refill round ``r`` of a step samples with the step's seed plus ``r`` times this prime, past any step's seed."""
+STALL_SLACK_S = 30.0
+"""What the training loop waits on the rollout loop past the deadlines of the calls it makes."""
 UNTRAINED_STEPS_WARNING = 3
 """Steps in a row with no group to train on, after which each such step's warning names the likely cause."""
 
@@ -139,7 +146,7 @@ class Controller:
         step = self.start_step
         while step < num_steps:
             step += 1
-            version, sampler_state = self.policy_version, self.sampler.state()
+            version, before_step = self.policy_version, self.state(step - 1)
             try:
                 metrics = self.step(step)
                 if self.recipe.eval.every_steps and step % self.recipe.eval.every_steps == 0:
@@ -149,7 +156,7 @@ class Controller:
                 if self.recipe.checkpoint.every_steps and step % self.recipe.checkpoint.every_steps == 0:
                     checkpoint = self.save_checkpoint(step)
             except ActorFailure as failure:
-                step = self.recover(failure, step, version == self.policy_version, sampler_state)
+                step = self.recover(failure, step, version == self.policy_version, before_step)
         if evaluated != num_steps:
             after, seconds = self.timed_evaluation()
             self.tracker.log(num_steps, {**after, **seconds})
@@ -193,24 +200,28 @@ class Controller:
         return target
 
     def state(self, step: int) -> dict[str, Any]:
-        """What a checkpoint needs besides the trainer's own state, to continue exactly."""
+        """What a checkpoint needs besides the trainer's own state, to continue exactly (JSON)."""
         return {"step": step, "policy_version": self.policy_version, "sampler": self.sampler.state()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Go back to ``state`` (from ``state``), all but the trainer's weights."""
+        self.policy_version = state["policy_version"]
+        self.sampler.load_state(state["sampler"])
 
     def resume(self, path: str) -> dict[str, Any]:
         """Continue from a checkpoint; returns its controller state."""
         state = load_controller_state(path)
         self.trainer.load(path)
+        self.load_state(state)
         self.start_step = state["step"]
-        self.policy_version = state["policy_version"]
-        self.sampler.load_state(state["sampler"])
         return state
 
-    def recover(self, failure: ActorFailure, step: int, trainer_untouched: bool, sampler_state: dict[str, Any]) -> int:
+    def recover(self, failure: ActorFailure, step: int, trainer_untouched: bool, before_step: dict[str, Any]) -> int:
         """Rebuild the group that ``failure`` tore down during ``step`` and return the last step whose state is
         now restored. An engine failure before the trainer moved retries the step, with the current weights
         synced to the new engines; any other restores the trainer from the run's last checkpoint (or the
         starting weights) and syncs that. Logs the restart; re-raises without ``checkpoint.auto_resume`` or past
-        ``checkpoint.max_restarts``."""
+        ``checkpoint.max_restarts``. ``before_step``: the controller's ``state`` when ``step`` began."""
         section = self.recipe.checkpoint
         if not section.auto_resume:
             raise failure
@@ -227,7 +238,7 @@ class Controller:
             self.trainer = TrainerGroup(self.recipe)
         self.weight_sync = WeightSync(self.trainer, self.rollout, self.recipe.rollout) if self.rollout else None
         if retry:
-            self.sampler.load_state(sampler_state)
+            self.load_state(before_step)
             restored = step - 1
         elif self.last_checkpoint:
             restored = self.resume(self.last_checkpoint)["step"]
@@ -300,86 +311,292 @@ class Controller:
         return render_prompt(self.tokenizer, prompt.messages, self.recipe.data.system_prompt)
 
 
+@dataclass(frozen=True)
+class Rollouts:
+    """One step's scored groups, as ``continuous_rollouts`` hands them to the training loop."""
+
+    step: int
+    """The step that trains on them."""
+    sampler_state: dict[str, int]
+    """The prompt sampler's state before their prompts were drawn; a checkpoint draws them again from it."""
+    prompts: list[Prompt]
+    """``[G]``: the prompts of every round, in order."""
+    prompt_ids: list[list[int]]
+    """``[G]``: the templated prompts."""
+    groups: list[list[Completion]]
+    """``[G][n]``: ``rollout.num_samples`` completions of each prompt."""
+    scores: Scores
+    """The reward pool's answer for the ``G * n`` completions, in group order."""
+    num_rounds: int
+    """Rounds of ``rollout.num_prompts`` prompts generated: 1, plus those spent refilling."""
+    generate_s: float
+    """Seconds the engines spent generating them."""
+    reward_s: float
+    """Seconds the reward pool spent scoring them."""
+    engine_wait_s: float
+    """Seconds the engines sat idle before the training loop asked for them."""
+
+    def to_json(self) -> dict[str, Any]:
+        """What a checkpoint keeps of them: all but the prompts, which ``sampler_state`` draws again, and times."""
+        return {
+            "step": self.step,
+            "sampler_state": self.sampler_state,
+            "groups": [[asdict(c) for c in group] for group in self.groups],
+            "scores": asdict(self.scores),
+            "num_rounds": self.num_rounds,
+        }
+
+
 class GRPOController(Controller):
-    """GRPO: sample groups of completions, score them, train on group-relative advantages, sync."""
+    """GRPO as two loops joined by bounded queues, after forge's ``continuous_rollouts`` and ``continuous_training``:
+
+        step (the training loop)                  continuous_rollouts (a thread)
+          ask for steps up to s + k   --requests-->  prompts -> rollouts (engines) -> scored groups (rewards)
+          scored groups -> train batch <--scored---
+          -> update -> sync, once the engines are between batches
+
+    ``k`` is ``algorithm.max_staleness``. Step ``s`` asks for the groups of steps up to ``s + k``, trains on step
+    ``s``'s and syncs the new weights once the engines have finished what was asked. So while the trainer updates
+    on step ``s``'s groups, the engines generate step ``s + k``'s with the weights of version ``s - 1``, and a
+    trained sample lags the weights it updates by at most k versions; anything older (a checkpoint taken with a
+    larger k) is dropped and counted. With k = 0 the ask and the wait meet: generate, then train. Which weights
+    generate which step's groups depends on k alone, never on timing, so runs repeat, and a checkpoint keeps the
+    groups already generated for the next k steps (``state``) to continue exactly.
+    """
 
     num_untrained_steps = 0
     """Steps in a row whose every group had equal rewards, so nothing trained."""
     engines_slept: bool | None = None
     """Whether measured memory made the engines sleep through the last update; ``None`` before it was measured."""
 
+    def __init__(self, recipe: Recipe, run_dir: Path, data: RunData | None = None):
+        self.in_flight: list[Rollouts] = []
+        """Generated groups of the steps after the current one, while the rollout loop is not running."""
+        self.rollout_loop: threading.Thread | None = None
+        self.requests: Channel[int] = Channel("requested steps", 1)
+        """Steps the training loop asked the rollout loop for."""
+        self.scored: Channel[Rollouts] = Channel("scored groups", 1)
+        """What the rollout loop hands the training loop."""
+        self.asked_through = self.num_asked = 0
+        """The last step asked for, and how many were asked for (or restored) since the rollout loop started."""
+        super().__init__(recipe, run_dir, data)
+
     def step(self, step: int) -> dict[str, Any]:
         """One GRPO step; returns its metrics."""
-        assert self.rollout is not None
-        rollout, algo = self.recipe.rollout, self.recipe.algorithm
+        algo = self.recipe.algorithm
         metrics: dict[str, Any] = {}
         with timed(metrics, "step"):
-            batch = self.sampler.next_batch(rollout.num_prompts)
-            prompts = [self.prompt_ids(p) for p in batch]
-            params = SamplingParams(
-                n=rollout.num_samples,
-                max_new_tokens=rollout.max_new_tokens,
-                temperature=rollout.temperature,
-                top_p=rollout.top_p,
-                seed=self.recipe.trainer.seed * SEED_STRIDE + step,
-                stop=tuple(rollout.stop),
-            )
-            with timed(metrics, "generate"):
-                groups = self.rollout.generate(prompts, params)
-            with timed(metrics, "reward"):
-                scores = self.score(batch, groups)
-            rewards = torch.tensor(scores.rewards).view(len(groups), -1)  # [G, n]
-            correct = self.correct(scores)  # [G * n]
+            self.ask_for_rollouts(step, through=step + algo.max_staleness)
+            rollouts, trainer_wait_s = self.scored.get(self.stall_timeout_s, f"step {step}'s training")
+            assert rollouts.step == step, (rollouts.step, step)
+            groups = rollouts.groups
+            rewards = torch.tensor(rollouts.scores.rewards).view(len(groups), -1)  # [G, n]
             advantages, adv_metrics = group_advantages(rewards, algo.normalize_std)
-            keep = (
-                ~zero_variance_groups(rewards)
-                if algo.drop_zero_variance_groups
-                else torch.ones(len(groups), dtype=torch.bool)
-            )
+            versions = [group[0].policy_version for group in groups]  # [G]
+            fresh = torch.tensor(within_bound(self.policy_version, versions, algo.max_staleness))  # [G]
+            keep = self.trainable(rewards) & fresh
+            lags = staleness(self.policy_version, [versions[g] for g in keep.nonzero().flatten().tolist()])  # [G']
             samples = [
-                Sample(tuple(prompts[g]), completion, float(advantages[g, i]))
+                Sample(tuple(rollouts.prompt_ids[g]), completion, float(advantages[g, i]))
                 for g in keep.nonzero().flatten().tolist()
                 for i, completion in enumerate(groups[g])
             ]
             if samples:
                 sleeps = self.engines_sleep(metrics)
                 if sleeps:
-                    self.rollout.sleep()
+                    self.rollout_engines().sleep()
                 with timed(metrics, "train"):
                     metrics.update(self.train(samples))
                 if sleeps:
                     self.trainer.free_cached_memory()  # the engine wakes into the memory training used
                 metrics["rollout/engine_slept"] = float(sleeps)
+            trainer_wait_s += self.scored.wait_put(self.num_asked, self.stall_timeout_s, f"step {step}'s sync")
+            if samples:
                 with timed(metrics, "sync"):
                     self.policy_version += 1
                     self.sync_weights()
-        self.samples.log(step, batch, groups, scores, advantages)
+        self.samples.log(step, rollouts.prompts, groups, rollouts.scores, advantages)
         completions = [c for group in groups for c in group]
         generated = sum(len(c.token_ids) for c in completions)
         identical = sum(len({c.token_ids for c in group}) == 1 for group in groups) / len(groups)
         self.num_untrained_steps = 0 if samples else self.num_untrained_steps + 1
         if not samples:
             metrics["warning"] = untrained_warning(step, self.num_untrained_steps, identical)
+        scores = rollouts.scores
         metrics.update(
             {
                 "reward/mean": rewards.mean().item(),
                 "reward/std": rewards.std().item(),
                 **scores.metrics,
                 "reward/errors": scores.num_errors,
-                "accuracy": correct.float().mean().item(),
+                "accuracy": self.correct(scores).float().mean().item(),
                 "response_length": generated / len(completions),
                 "truncated_fraction": sum(c.finish_reason == "length" for c in completions) / len(completions),
                 "zero_variance_fraction": adv_metrics["zero_variance_fraction"],
                 "identical_group_fraction": identical,
                 "num_trained_seqs": len(samples),
                 "policy_version": self.policy_version,
-                "throughput/generate_tok_s": generated / metrics["time/generate"],
+                "time/generate": rollouts.generate_s,
+                "time/reward": rollouts.reward_s,
+                "time/trainer_wait": trainer_wait_s,
+                "time/engine_wait": rollouts.engine_wait_s,
+                "throughput/generate_tok_s": generated / rollouts.generate_s,
             }
         )
+        if algo.max_staleness:  # on-policy, these are 0 by construction
+            metrics["staleness/mean"] = sum(lags) / len(lags) if lags else 0.0
+            metrics["staleness/max"] = max(lags, default=0)
+            metrics["staleness/dropped_samples"] = int((~fresh).sum()) * len(groups[0])
+        if algo.refill_zero_variance:
+            metrics.update({"refill/rounds": rollouts.num_rounds - 1, "refill/groups_generated": len(groups)})
         if samples:
             trained = sum(len(s.prompt_ids) + len(s.completion.token_ids) for s in samples)
             metrics["throughput/train_tok_s"] = trained * algo.num_minibatches / metrics["time/train"]
         return metrics
+
+    def trainable(self, rewards: torch.Tensor) -> torch.Tensor:
+        """``[G]`` bool, of ``rewards: [G, n]``: the groups to train on. Groups whose rewards are all equal are left
+        out with ``algorithm.drop_zero_variance_groups``; with ``refill_zero_variance``, so are those past the first
+        ``rollout.num_prompts`` of the others (DAPO discards the surplus of its last round)."""
+        algo = self.recipe.algorithm
+        if not algo.drop_zero_variance_groups:
+            return torch.ones(len(rewards), dtype=torch.bool)
+        keep = ~zero_variance_groups(rewards)
+        if algo.refill_zero_variance:
+            keep &= keep.cumsum(0) <= self.recipe.rollout.num_prompts
+        return keep
+
+    def continuous_rollouts(self) -> None:
+        """The rollout loop: prompts -> rollouts -> scored groups, for each step the training loop asks for, until
+        it stops asking. A failure ends the loop and reaches the training loop through ``scored``."""
+        try:
+            while True:
+                step, engine_wait_s = self.requests.get(None, "the rollout loop")
+                self.scored.put(self.generate_and_score(step, engine_wait_s))
+        except Closed:
+            return
+        except BaseException as error:
+            self.scored.close(error)
+
+    def generate_and_score(self, step: int, engine_wait_s: float) -> Rollouts:
+        """Step ``step``'s groups of ``rollout.num_samples`` completions of ``rollout.num_prompts`` new prompts,
+        scored. With ``algorithm.refill_zero_variance`` (DAPO's dynamic sampling), more rounds of new prompts follow
+        until ``rollout.num_prompts`` groups have rewards that differ, or ``max_refill_rounds`` are spent."""
+        rollout, algo = self.recipe.rollout, self.recipe.algorithm
+        sampler_state = self.sampler.state()
+        prompts: list[Prompt] = []
+        prompt_ids: list[list[int]] = []
+        groups: list[list[Completion]] = []
+        parts: list[Scores] = []
+        generate_s = reward_s = 0.0
+        num_varied = 0
+        for round_ in range(1 + (algo.max_refill_rounds if algo.refill_zero_variance else 0)):
+            batch = self.sampler.next_batch(rollout.num_prompts)
+            ids = [self.prompt_ids(p) for p in batch]
+            start = time.perf_counter()
+            new = self.rollout_engines().generate(ids, self.sampling_params(step, round_))
+            generate_s, start = generate_s + time.perf_counter() - start, time.perf_counter()
+            parts.append(self.score(batch, new))
+            reward_s += time.perf_counter() - start
+            prompts, prompt_ids, groups = prompts + batch, prompt_ids + ids, groups + new
+            num_varied += int((~zero_variance_groups(torch.tensor(parts[-1].rewards).view(len(new), -1))).sum())
+            if num_varied >= rollout.num_prompts:
+                break
+        return Rollouts(
+            step, sampler_state, prompts, prompt_ids, groups, concat(parts), len(parts), generate_s, reward_s,
+            engine_wait_s,
+        )  # fmt: skip
+
+    def sampling_params(self, step: int, round_: int) -> SamplingParams:
+        """How step ``step``'s ``round_``-th round of prompts is sampled; its seed is its own."""
+        rollout = self.recipe.rollout
+        return SamplingParams(
+            n=rollout.num_samples,
+            max_new_tokens=rollout.max_new_tokens,
+            temperature=rollout.temperature,
+            top_p=rollout.top_p,
+            seed=self.recipe.trainer.seed * SEED_STRIDE + step + round_ * ROUND_SEED_STRIDE,
+            stop=tuple(rollout.stop),
+        )
+
+    def ask_for_rollouts(self, step: int, through: int) -> None:
+        """At step ``step``, have the rollout loop generate every step up to ``through`` (at most
+        ``trainer.num_steps``) not yet asked for; start it first if it is not running."""
+        if self.rollout_loop is None:
+            self.start_rollouts(step)
+        for step in range(self.asked_through + 1, min(through, self.recipe.trainer.num_steps) + 1):
+            self.requests.put(step)
+            self.asked_through, self.num_asked = step, self.num_asked + 1
+
+    def start_rollouts(self, step: int) -> None:
+        """Before step ``step``: sync the engines to the current weights and start the rollout loop, its queue
+        holding what was in flight (``in_flight``, the groups of the steps from ``step`` on)."""
+        if self.engine_version != self.policy_version:
+            self.sync_weights()
+        capacity = self.recipe.algorithm.max_staleness + 1 + len(self.in_flight)
+        self.requests, self.scored = Channel("requested steps", capacity), Channel("scored groups", capacity)
+        for rollouts in self.in_flight:
+            self.scored.put(rollouts)
+        self.asked_through = step - 1 + len(self.in_flight)
+        self.num_asked, self.in_flight = len(self.in_flight), []
+        self.rollout_loop = threading.Thread(target=self.continuous_rollouts, name="continuous_rollouts", daemon=True)
+        self.rollout_loop.start()
+
+    def stop_rollouts(self) -> None:
+        """Stop the rollout loop once its current call returns (each has its deadline); what it had generated is
+        dropped, to be restored by ``load_state`` or generated again."""
+        if self.rollout_loop is not None:
+            self.requests.close()
+            self.rollout_loop.join()
+            self.rollout_loop = None
+        self.in_flight = []
+
+    @property
+    def stall_timeout_s(self) -> float:
+        """How long the training loop waits on the rollout loop: each of a step's rounds within its engine and
+        reward deadlines, plus slack. The loop's own calls fail first, naming the actor, when one stalls."""
+        assert self.rewards is not None
+        algo = self.recipe.algorithm
+        num_rounds = 1 + (algo.max_refill_rounds if algo.refill_zero_variance else 0)
+        return num_rounds * (self.recipe.rollout.timeout_s + self.rewards.deadline_s) + STALL_SLACK_S
+
+    def rollout_engines(self) -> RolloutGroup:
+        assert self.rollout is not None
+        return self.rollout
+
+    def run(self) -> dict[str, Any]:
+        try:
+            return super().run()
+        finally:
+            self.stop_rollouts()
+
+    def state(self, step: int) -> dict[str, Any]:
+        """Besides the base state, the groups already generated for the steps after ``step``: between steps the
+        rollout loop is idle, so the sampler has drawn exactly their prompts."""
+        waiting = self.scored.snapshot() if self.rollout_loop is not None else self.in_flight
+        return {**super().state(step), "in_flight": [r.to_json() for r in waiting]}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self.in_flight = [self.rollouts_from_json(r) for r in state.get("in_flight", [])]
+
+    def rollouts_from_json(self, saved: dict[str, Any]) -> Rollouts:
+        """``Rollouts.to_json``'s inverse: the prompts are drawn again from the saved sampler state."""
+        sampler: EpochSampler[Prompt] = EpochSampler(self.data.train, self.recipe.data.seed, self.recipe.data.shuffle)
+        sampler.load_state(saved["sampler_state"])
+        groups = [
+            [Completion(**{key: tuple(v) if isinstance(v, list) else v for key, v in c.items()}) for c in g]
+            for g in saved["groups"]  # JSON made the tuples lists
+        ]
+        prompts = sampler.next_batch(len(groups))
+        prompt_ids = [self.prompt_ids(p) for p in prompts]
+        scores = Scores(**saved["scores"])
+        return Rollouts(saved["step"], saved["sampler_state"], prompts, prompt_ids, groups, scores,
+                        saved["num_rounds"], 0.0, 0.0, 0.0)  # fmt: skip
+
+    def recover(self, failure: ActorFailure, step: int, trainer_untouched: bool, before_step: dict[str, Any]) -> int:
+        self.stop_rollouts()
+        return super().recover(failure, step, trainer_untouched, before_step)
 
     def engines_sleep(self, metrics: dict[str, Any]) -> bool:
         """Whether the engines sleep through this update (``rollout.sleep_while_training``). ``auto`` decides from
@@ -426,3 +643,16 @@ def untrained_warning(step: int, num_steps: int, identical_fraction: float) -> s
             "cannot tell the samples apart"
         )
     return f"{message}, {num_steps} steps in a row: {cause}"
+
+
+def concat(parts: list[Scores]) -> Scores:
+    """The scores of several equal-sized rounds of requests as one answer: a mean over all is the mean of the
+    rounds' means; error counts add up."""
+    if len(parts) == 1:
+        return parts[0]
+    metrics = {}
+    for key in {key: None for p in parts for key in p.metrics}:
+        values = [p.metrics[key] for p in parts if key in p.metrics]
+        metrics[key] = sum(values) / (1 if key.endswith("/errors") else len(values))
+    by_function = {name: [x for p in parts for x in p.by_function[name]] for name in parts[0].by_function}
+    return Scores([r for p in parts for r in p.rewards], by_function, metrics, sum(p.num_errors for p in parts))
