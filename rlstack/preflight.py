@@ -2,13 +2,15 @@
 
 The schema (``rlstack.config``) holds every field's range and what can be checked from the
 recipe alone. These checks need the machine or the cluster: the model's source and context
-length, the reward modules (imported here, within ``reward.import_timeout_s``), the
+length, the reward modules and the environment class (imported here, within
+``reward.import_timeout_s``; the class must have ``reset`` and ``step`` and take its ``kwargs``), the
 checkpoint to resume from, the run directory's place inside ``tracking.run_root``, and
 whether the cluster holds the CPUs, GPUs and custom resources the placement asks for (Ray
 would otherwise wait for them forever). Each raises ``RecipeError`` (or ``ValueError``)
 naming the key at fault.
 """
 
+import inspect
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -18,7 +20,8 @@ from typing import Any
 from reward.loader import resolve
 from rlstack import models
 from rlstack.checkpoint import check_resumable
-from rlstack.config import RANDOM_PREFIX, Recipe, RecipeError
+from rlstack.config import RANDOM_PREFIX, EnvironmentSection, Recipe, RecipeError
+from rlstack.environment import check_class
 
 
 def preflight(recipe: Recipe, run_dir: Path) -> None:
@@ -28,6 +31,8 @@ def preflight(recipe: Recipe, run_dir: Path) -> None:
     check_context(recipe, context_length(recipe.model.path))
     for index, function in enumerate(recipe.reward.functions):
         resolve(function.fn, f"reward.functions.{index}.fn", recipe.reward.import_timeout_s)
+    if recipe.rollout.environment is not None:
+        check_environment(recipe.rollout.environment, recipe.reward.import_timeout_s)
     if recipe.checkpoint.resume_from:
         check_resumable(recipe.checkpoint.resume_from, recipe.trainer.backend)
 
@@ -50,12 +55,25 @@ def context_length(path: str) -> int | None:
     return config.get("max_position_embeddings")
 
 
+def check_environment(section: EnvironmentSection, import_timeout_s: float) -> None:
+    """``rollout.environment.fn`` imports and names a class with ``reset`` and ``step`` that takes ``kwargs``."""
+    cls = resolve(section.fn, "rollout.environment.fn", import_timeout_s)
+    try:
+        check_class(cls, "rollout.environment.fn")
+        inspect.signature(cls).bind(**section.kwargs)
+    except TypeError as exc:
+        raise RecipeError(f"rollout.environment: {section.fn!r}: {exc}") from None
+
+
 def check_context(recipe: Recipe, context: int | None) -> None:
-    """A prompt of ``data.max_prompt_tokens`` and a response of ``rollout.max_new_tokens`` must fit the model."""
-    budget = recipe.data.max_prompt_tokens + recipe.rollout.max_new_tokens
+    """A prompt of ``data.max_prompt_tokens`` and a response of ``rollout.max_new_tokens`` (a trajectory of
+    ``rollout.max_trajectory_tokens``, with an environment) must fit the model."""
+    rollout = recipe.rollout
+    budget = recipe.data.max_prompt_tokens + rollout.max_response_tokens
     if context is not None and budget > context:
+        key = "max_trajectory_tokens" if rollout.environment is not None else "max_new_tokens"
         raise RecipeError(
-            f"rollout.max_new_tokens={recipe.rollout.max_new_tokens} with data.max_prompt_tokens="
+            f"rollout.{key}={rollout.max_response_tokens} with data.max_prompt_tokens="
             f"{recipe.data.max_prompt_tokens} is {budget} tokens, more than model.path={recipe.model.path!r} "
             f"takes ({context})"
         )
@@ -93,6 +111,10 @@ def demands(recipe: Recipe) -> list[Demand]:
     if any(not f.dedicated for f in recipe.reward.functions):
         reward = asks("placement.reward", p.reward_cpus, 0.0, p.reward_resources)
         found.append(Demand(p.num_reward_workers, "placement.num_reward_workers", reward))
+    environment = recipe.rollout.environment
+    if environment is not None and environment.num_cpus:
+        cpus = {"CPU": (environment.num_cpus, "rollout.environment.num_cpus")}
+        found.append(Demand(environment.num_workers, "rollout.environment.num_workers", cpus))
     for index, f in enumerate(recipe.reward.functions):
         if f.dedicated:
             dedicated = asks("placement.reward", 0.0, 0.0, p.reward_resources)

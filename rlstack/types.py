@@ -35,7 +35,20 @@ class Completion:
     policy_version: int
     """Version of the weights that produced it."""
     text: str
-    """The decoded response, without special tokens."""
+    """The decoded response, without special tokens (a multi-turn trajectory's: every turn, with its chat
+    markup)."""
+    model_mask: tuple[int, ...] | None = None
+    """Multi-turn trajectories: per token, 1 where the model sampled it and 0 where the environment's messages
+    put it (context, with logprob 0, that carries no loss); ``None``: every token is the model's."""
+
+    def __post_init__(self) -> None:
+        if self.model_mask is not None and len(self.model_mask) != len(self.token_ids):
+            raise ValueError(f"token_ids has {len(self.token_ids)} tokens but model_mask has {len(self.model_mask)}")
+
+    @property
+    def num_model_tokens(self) -> int:
+        """Tokens the model sampled."""
+        return len(self.token_ids) if self.model_mask is None else sum(self.model_mask)
 
 
 @dataclass(frozen=True)

@@ -55,14 +55,16 @@ def collate(samples: list[Sample], pad_id: int) -> Collated:
 
 def padded_responses(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
     """``response_ids``, ``response_mask`` and ``old_logprobs`` right-padded to ``[B, R]``, and ``advantages``
-    ``[B]``; a masked (padding) sample's mask is all zero."""
+    ``[B]``; a masked (padding) sample's mask is all zero, and a trajectory's is zero on the environment's tokens
+    (``Completion.model_mask``)."""
     length = max(len(s.completion.token_ids) for s in samples)
     responses, mask, old = [], [], []
     for s in samples:
         response = list(s.completion.token_ids)
         right = length - len(response)
         responses.append(response + [pad_id] * right)
-        mask.append([0.0 if s.masked else 1.0] * len(response) + [0.0] * right)
+        by_model = s.completion.model_mask or (1,) * len(response)  # environment tokens are context only
+        mask.append([0.0 if s.masked else float(m) for m in by_model] + [0.0] * right)
         old.append(list(s.completion.logprobs) + [0.0] * right)
     return {
         "response_ids": torch.tensor(responses),
@@ -89,7 +91,7 @@ def pair_lengths(pairs: list[PreferencePair]) -> torch.Tensor:
 
 def padding_sample(like: Sample) -> Sample:
     """A copy of ``like`` that contributes nothing: zero advantage, one token, and masked out."""
-    completion = replace(like.completion, token_ids=like.completion.token_ids[:1], logprobs=(0.0,))
+    completion = replace(like.completion, token_ids=like.completion.token_ids[:1], logprobs=(0.0,), model_mask=None)
     return Sample(prompt_ids=like.prompt_ids, completion=completion, advantage=0.0, masked=True)
 
 
