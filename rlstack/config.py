@@ -330,6 +330,16 @@ class AlgorithmSection(Section):
     """GRPO: skip groups whose rewards are all equal (their advantage is zero anyway)."""
     num_minibatches: Count = 1
     """GRPO: optimizer steps per rollout batch; the batch is split into this many minibatches."""
+    max_staleness: NonNegativeInt = 0
+    """GRPO: how many policy versions a trained sample may lag the weights it updates. With k > 0 the engines
+    generate the next k steps' groups while the trainer updates, taking new weights between batches; samples
+    more than k versions old are dropped and counted. 0 is on-policy: generate, then train."""
+    refill_zero_variance: bool = False
+    """GRPO, DAPO's dynamic sampling: generate more groups, ``rollout.num_prompts`` new prompts a round, until
+    the step holds ``rollout.num_prompts`` groups whose rewards differ (the surplus is discarded) or
+    ``max_refill_rounds`` extra rounds are spent; needs ``drop_zero_variance_groups``."""
+    max_refill_rounds: Count = 3
+    """GRPO: most extra rounds of generation a step spends refilling with ``refill_zero_variance``."""
     importance_level: Literal["token", "sequence"] = "token"
     """GRPO: the PPO ratio per token, or GSPO's per sequence, ``s_i = exp(mean_t(logprob - old logprob))``."""
     rollout_correction: Literal["none", "tis", "mis"] = "none"
@@ -357,6 +367,11 @@ class AlgorithmSection(Section):
     def _check(self) -> "AlgorithmSection":
         if self.dpo_loss == "ipo" and self.label_smoothing:
             raise ValueError("algorithm.label_smoothing applies to dpo_loss 'sigmoid' only, not 'ipo'")
+        if self.refill_zero_variance and not self.drop_zero_variance_groups:
+            raise ValueError(
+                "algorithm.refill_zero_variance needs algorithm.drop_zero_variance_groups=true: it refills the "
+                "groups that are dropped"
+            )
         if self.rollout_correction != "none" and self.num_minibatches > 1:
             raise ValueError(
                 f"algorithm.rollout_correction={self.rollout_correction!r} needs algorithm.num_minibatches=1, not "
@@ -633,6 +648,11 @@ class Recipe(Section):
             )
         if self.rollout.engine == "lmdeploy" and self.placement.device != "cuda":
             raise ValueError("rollout.engine='lmdeploy' runs on GPU only: set placement.device=cuda")
+        if self.algorithm.max_staleness and self.rollout.sleep_while_training is True:
+            raise ValueError(
+                f"algorithm.max_staleness={self.algorithm.max_staleness} generates while the trainer updates, so the "
+                "engines cannot sleep through updates: set rollout.sleep_while_training=false"
+            )
         if self.trainer.attention == "flex" and self.placement.device != "cuda":
             raise ValueError("trainer.attention='flex' trains on a GPU only (FlexAttention has no CPU backward)")
         if self.rollout.weight_transport == "cuda_ipc" and self.placement.device != "cuda":
