@@ -44,6 +44,14 @@ def test_mismatch_kl_sums_k3_over_response_tokens():
         assert sums["mismatch_kl"].item() == pytest.approx(2.456748, abs=1e-5)
 
 
+def test_a_small_mismatch_keeps_its_kl():
+    # float32 logprobs 1e-3 and 1e-5 apart: k3 = x^2 / 2 + x^3 / 6 + ... = 5.001667e-7 and 5.0e-11 per token, which
+    # float32's exp(x) - 1 - x gets 5% wrong and all but loses
+    trainer = torch.tensor([[-1.0 + 1e-3, 1e-5]])
+    _, sums = correction_weights(trainer, torch.tensor([[-1.0, 0.0]]), torch.ones(1, 2), "tis", "token", cap=2.0)
+    assert sums["mismatch_kl"].item() == pytest.approx(5.001667e-7 + 5.0e-11, rel=1e-3)
+
+
 def test_effective_sample_size_golden_values():
     # tokens: sum rho = 3 + 0.25 + 1.5 + 0.6 + 1.6 + 2.5 = 9.45, sum rho^2 = 9 + 0.0625 + 2.25 + 0.36 + 2.56 + 6.25
     # = 20.4825, ESS = 9.45^2 / (6 * 20.4825) = 89.3025 / 122.895 = 0.726657
