@@ -21,6 +21,7 @@ from actors.optim import adamw, lr_scheduler
 from rlstack import models
 from rlstack.config import Recipe
 from rlstack.forward import SCORE_METHOD, add_response_scoring
+from rlstack.lora import Adapter, AdapterDisabled
 
 
 class FSDP2Backend:
@@ -41,15 +42,21 @@ class FSDP2Backend:
             rank=rank,
             world_size=world_size,
         )
+        self.adapter: Adapter | None = None  # set by _sharded_model with model.lora
         self.module = self._sharded_model()
         self.model: torch.nn.Module = self.module
-        self.reference = self._sharded_model(trained=False).requires_grad_(False) if reference else None
-        self.optimizer = adamw(self.module.parameters(), recipe.trainer)
+        self.reference: torch.nn.Module | None = None
+        if reference and self.adapter:  # the policy itself, its adapter switched off: no second copy
+            self.reference = AdapterDisabled(self.adapter)
+        elif reference:
+            self.reference = self._sharded_model(trained=False).requires_grad_(False)
+        self.optimizer = adamw((p for p in self.module.parameters() if p.requires_grad), recipe.trainer)
         self.scheduler = lr_scheduler(self.optimizer, recipe)
 
     def _sharded_model(self, trained: bool = True) -> PreTrainedModel:
         """The model sharded per decoder layer, with ``score_responses``; the policy (``trained``) also gets the
-        recipe's activation checkpointing and per-layer ``torch.compile``."""
+        recipe's activation checkpointing and per-layer ``torch.compile``, and ``model.lora``'s adapter, injected
+        before sharding (``self.adapter``)."""
         trainer = self.recipe.trainer
         model = models.load_model(
             self.recipe.model.path,
@@ -59,6 +66,8 @@ class FSDP2Backend:
             device=self.device.type,
         )
         model.to(self.device)  # type: ignore[arg-type]  # transformers' decorator confuses mypy
+        if trained and self.recipe.model.lora is not None:
+            self.adapter = Adapter(model, self.recipe.model.lora)
         if trained and trainer.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         policy = MixedPrecisionPolicy(param_dtype=getattr(torch, trainer.compute_dtype), reduce_dtype=torch.float32)

@@ -20,6 +20,7 @@ from rlstack import checkpoint, models
 from rlstack.colocation import GpuMemory
 from rlstack.config import Recipe
 from rlstack.logs import capture_output
+from rlstack.lora import ADAPTER_DIR, ADAPTER_FILE
 from rlstack.types import PreferenceBatch, PreferencePair, Sample, SFTBatch, SFTExample, TrainBatch
 from rollout.registry import pack_bucket
 from rollout.weight_broadcast import WeightGroup, flatten, plan_buckets
@@ -67,6 +68,7 @@ class TrainerWorker:
         else:
             self.backend = FSDP2Backend(recipe, self.rank, self.world_size, init_method, needs_reference)
         self.model = self.backend.model
+        self.adapter = self.backend.adapter if isinstance(self.backend, FSDP2Backend) else None  # model.lora's
         attention = recipe.trainer.attention
         assert attention != "auto", "the recipe resolves trainer.attention"
         self.policy = Policy(self.model, self.backend.reference, self.device, self.tokenizer.pad_token_id, attention)
@@ -157,9 +159,12 @@ class TrainerWorker:
         Every rank takes part in gathering each bucket; only rank 0 yields buckets.
         """
         wire = getattr(torch, dtype)
+        adapter = self.adapter  # with LoRA: merged, under the base model's names
         for entries in plan_buckets(self.parameter_shapes, bucket_mb, wire.itemsize):
-            with self.backend.gathered([name for name, _ in entries]) as params:
-                bucket = {name: full.detach().to(device, wire, copy=True) for name, full in params}
+            names = [name for name, _ in entries]
+            with self.backend.gathered(adapter.sources(names) if adapter else names) as params:
+                full = adapter.merged(names, params) if adapter else params
+                bucket = {name: tensor.detach().to(device, wire, copy=True) for name, tensor in full}
             if self.rank == 0:
                 yield bucket
 
@@ -216,6 +221,9 @@ class TrainerWorker:
         with checkpoint.readable(uri, verify=True) as path:
             files = sorted(path.glob("*.safetensors"))
             weights: dict[str, Any] = {name: tensor for file in files for name, tensor in load_file(file).items()}
+            if adapter := self.adapter:
+                tensors = load_file(path / ADAPTER_DIR / ADAPTER_FILE)
+                weights = adapter.model_state(weights, tensors, self.backend.module.state_dict())
             state = torch.load(path / "trainer_state.pt", weights_only=False)
         self.backend.load(weights, state.get("optimizer"), uri)
         self.backend.scheduler.load_state_dict(state["scheduler"])
@@ -239,6 +247,9 @@ class TrainerWorker:
         if optim_state is not None:
             trainer_state["optimizer"] = optim_state
         with checkpoint.writable(uri) as target:
+            if adapter := self.adapter:  # the base model's weights, and adapter/
+                adapter.save(target / ADAPTER_DIR, adapter.adapter_state(weights.items()))
+                weights = adapter.base_state(weights)
             self.backend.module.save_pretrained(target, state_dict=weights)
             self.tokenizer.save_pretrained(target)
             torch.save(trainer_state, target / "trainer_state.pt")

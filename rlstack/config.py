@@ -57,11 +57,36 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
 
 
+class LoraSection(Section):
+    """A LoRA adapter (https://arxiv.org/abs/2106.09685) trained in place of the full weights, through PEFT: each
+    targeted linear layer computes ``W x + (alpha / rank) * B A x``, with ``W`` frozen and only ``A`` and ``B``
+    trained (``B`` starts at zero, so the first policy is the base model)."""
+
+    rank: Annotated[int, Field(ge=1, le=1024)] = 16
+    """Rank ``r`` of ``A: [r, in]`` and ``B: [out, r]``."""
+    alpha: Positive = 32.0
+    """The adapter's output is scaled by ``alpha / rank``."""
+    dropout: Fraction = 0.0
+    """Dropout on the adapter's input while training."""
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    """Names (last path component) of the linear layers that get an adapter; PEFT's ``target_modules``."""
+
+    @field_validator("target_modules")
+    @classmethod
+    def _not_empty(cls, names: list[str]) -> list[str]:
+        if not names:
+            raise ValueError("model.lora.target_modules is empty: name at least one linear layer, e.g. q_proj")
+        return names
+
+
 class ModelSection(Section):
     path: str = "smollm2"
     """``smollm2`` (the embedded SmolLM2-135M-Instruct), a local HF directory, or ``random:<preset>``."""
     seed: NonNegativeInt = 0
     """Seed for ``random:`` initialisation."""
+    lora: LoraSection | None = None
+    """Train a LoRA adapter instead of the full weights (FSDP2 only); ``None`` trains every weight. The KL and
+    online DPO reference is the same model with the adapter switched off, so no second copy is kept."""
 
 
 class DataSection(Section):
@@ -661,6 +686,10 @@ class Recipe(Section):
             raise ValueError(
                 f"rollout.max_new_tokens={self.rollout.max_new_tokens} leaves no room for a prompt in "
                 f"rollout.max_model_len={self.rollout.max_model_len}"
+            )
+        if self.model.lora is not None and self.trainer.backend == "deepspeed":
+            raise ValueError(
+                "model.lora trains with trainer.backend=fsdp2 only, not trainer.backend='deepspeed'; unset one of them"
             )
         multiple = 32 if self.placement.device == "cpu" else 16  # vLLM's attention kernels' granularity
         if self.rollout.block_size is not None and (self.rollout.block_size <= 0 or self.rollout.block_size % multiple):

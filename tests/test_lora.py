@@ -1,0 +1,91 @@
+"""LoRA's merged weights, its adapter-off reference and the recipe's refusals."""
+
+import pytest
+import torch
+
+from rlstack import models
+from rlstack.config import LoraSection, RecipeError, load_recipe
+from rlstack.forward import add_response_scoring
+from rlstack.lora import Adapter, AdapterDisabled, merged_weight, pairs
+
+TINY = "recipes/grpo_tiny_random.yaml"
+
+
+def test_merged_weight_is_w_plus_scale_times_b_at_a():
+    weight = torch.eye(2)  # [out=2, in=2]
+    lora_a = torch.tensor([[1.0, 2.0]])  # [r=1, in=2]
+    lora_b = torch.tensor([[1.0], [0.0]])  # [out=2, r=1]
+    # B @ A = [[1, 2], [0, 0]]; W + 2 * B @ A = [[3, 4], [0, 1]]
+    assert torch.equal(merged_weight(weight, lora_a, lora_b, 2.0), torch.tensor([[3.0, 4.0], [0.0, 1.0]]))
+
+
+def test_an_adapter_whose_lora_a_lacks_its_lora_b_is_refused():
+    a = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match="not its lora_B"):
+        pairs({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": a})
+    with pytest.raises(ValueError, match="neither"):
+        pairs({"model.embed_tokens.weight": a})
+
+
+@pytest.fixture
+def adapted():
+    """A tiny random model with a rank-4 adapter whose B is random (a fresh one's is zero)."""
+    model = models.load_model("random:tiny", seed=0)
+    add_response_scoring(model, 1024)
+    adapter = Adapter(model, LoraSection(rank=4, alpha=8))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_B." in name:
+                param.normal_(std=0.5)
+    return model.eval(), adapter
+
+
+IDS = torch.tensor([[5, 17, 300, 42, 9]])
+
+
+def test_only_the_adapter_is_trainable(adapted):
+    model, adapter = adapted
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable == adapter.adapter_names and all(".lora_" in name for name in trainable)
+    assert len(adapter.adapted) == 2 * 7  # two layers, seven linear layers each
+
+
+def test_merged_weights_under_the_base_names_compute_what_the_adapted_model_computes(adapted):
+    model, adapter = adapted
+    names = [name for name, _ in models.load_model("random:tiny", seed=0).named_parameters()]
+    params = dict(model.named_parameters())
+    merged = dict(adapter.merged(names, ((n, params[n]) for n in adapter.sources(names))))
+    assert list(merged) == names
+    plain = models.load_model("random:tiny", seed=0)
+    plain.load_state_dict(merged, strict=False)  # lm_head is tied to the embedding
+    with torch.no_grad():
+        assert torch.allclose(plain(IDS).logits, model(IDS).logits, atol=1e-5)
+
+
+def test_the_reference_is_the_base_model_and_shares_the_policys_weights(adapted):
+    model, adapter = adapted
+    base = models.load_model("random:tiny", seed=0).eval()
+    add_response_scoring(base, 1024)
+    reference = AdapterDisabled(adapter)
+    assert list(reference.parameters()) == []  # no copy of the weights
+    with torch.no_grad():
+        assert torch.allclose(reference(input_ids=IDS).logits, base(input_ids=IDS).logits, atol=1e-6)
+        assert not torch.allclose(model(input_ids=IDS).logits, base(input_ids=IDS).logits, atol=1e-3)
+        args = (IDS, torch.arange(5)[None], None, torch.arange(4), IDS[0, 1:], 1.0)
+        ours, _ = reference.score_responses(*args)
+        theirs, _ = base.score_responses(*args)
+        assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.lora={rank: 4}", "trainer.backend=deepspeed"], "model.lora.*trainer.backend=fsdp2 only"),
+        (["model.lora={rank: 0}"], "model.lora.rank"),
+        (["model.lora={target_modules: []}"], "target_modules is empty"),
+    ],
+)
+def test_recipes_that_lora_cannot_run_are_refused_before_any_actor_starts(overrides, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(TINY, overrides)
