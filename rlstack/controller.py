@@ -337,13 +337,15 @@ class Rollouts:
     """Seconds the engines sat idle before the training loop asked for them."""
 
     def to_json(self) -> dict[str, Any]:
-        """What a checkpoint keeps of them: all but the prompts, which ``sampler_state`` draws again, and times."""
+        """What a checkpoint keeps of them: all but the prompts, which ``sampler_state`` draws again."""
         return {
             "step": self.step,
             "sampler_state": self.sampler_state,
+            "prompt_ids": self.prompt_ids,
             "groups": [[asdict(c) for c in group] for group in self.groups],
             "scores": asdict(self.scores),
             "num_rounds": self.num_rounds,
+            "seconds": [self.generate_s, self.reward_s, self.engine_wait_s],
         }
 
 
@@ -589,10 +591,8 @@ class GRPOController(Controller):
             for g in saved["groups"]  # JSON made the tuples lists
         ]
         prompts = sampler.next_batch(len(groups))
-        prompt_ids = [self.prompt_ids(p) for p in prompts]
-        scores = Scores(**saved["scores"])
-        return Rollouts(saved["step"], saved["sampler_state"], prompts, prompt_ids, groups, scores,
-                        saved["num_rounds"], 0.0, 0.0, 0.0)  # fmt: skip
+        return Rollouts(saved["step"], saved["sampler_state"], prompts, saved["prompt_ids"], groups,
+                        Scores(**saved["scores"]), saved["num_rounds"], *saved["seconds"])  # fmt: skip
 
     def recover(self, failure: ActorFailure, step: int, trainer_untouched: bool, before_step: dict[str, Any]) -> int:
         self.stop_rollouts()
