@@ -11,7 +11,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.calls import ActorGroup
 from actors.placement import node_id, require_resources
-from rlstack import models
+from rlstack import lora, models
 from rlstack.config import Recipe
 from rlstack.data.split import chunks
 from rlstack.logs import capture_output
@@ -38,6 +38,14 @@ class RolloutWorker:
     def update_weights(self, version: int, bucket_refs: list[ray.ObjectRef]) -> int:
         """Fetch buckets one at a time and install them; return the version now served."""
         self.engine.load_weights(version, (ray.get(ref) for ref in bucket_refs))
+        return self.engine.policy_version
+
+    def update_adapter(self, version: int, bucket_refs: list[ray.ObjectRef]) -> int:
+        """Fetch the recipe's LoRA adapter (``model.lora``) and apply it; return the version now served."""
+        section = self.recipe.model.lora
+        assert section is not None, "the recipe checks that rollout.lora_sync=adapter comes with model.lora"
+        adapter = {name: tensor for ref in bucket_refs for name, tensor in ray.get(ref).items()}
+        self.engine.load_adapter(version, adapter, lora.scale(section))
         return self.engine.policy_version
 
     def join_weight_group(self, host: str, port: int, rank: int, world_size: int) -> None:
@@ -129,6 +137,9 @@ class RolloutGroup(ActorGroup):
 
     def update_weights(self, version: int, bucket_refs: list[ray.ObjectRef]) -> list[int]:
         return self.gather([w.update_weights.remote(version, bucket_refs) for w in self.workers], "update_weights")
+
+    def update_adapter(self, version: int, bucket_refs: list[ray.ObjectRef]) -> list[int]:
+        return self.gather([w.update_adapter.remote(version, bucket_refs) for w in self.workers], "update_adapter")
 
     def join_weight_group(self, host: str, port: int) -> list[ray.ObjectRef]:
         """Engine ``i`` joins as rank ``i + 1``; returns at once, as the trainer joins at the same time."""

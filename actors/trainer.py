@@ -168,6 +168,18 @@ class TrainerWorker:
             if self.rank == 0:
                 yield bucket
 
+    @torch.no_grad()
+    def adapter_buckets(self, dtype: str) -> list[ray.ObjectRef]:
+        """The LoRA adapter's tensors in ``dtype`` (PEFT's file names), as one object-store bucket; rank 0 returns
+        its ref, the other ranks an empty list. Every rank takes part in gathering."""
+        adapter = self.adapter
+        assert adapter is not None, "the recipe sets model.lora"
+        with self.backend.gathered(adapter.adapter_names) as params:
+            bucket = adapter.adapter_state(
+                (name, t.detach().to("cpu", getattr(torch, dtype), copy=True)) for name, t in params
+            )
+        return [ray.put(bucket)] if self.rank == 0 else []
+
     def state_dict_buckets(
         self, bucket_mb: int, dtype: str, transport: str = "object_store", engine: str = "vllm"
     ) -> list[ray.ObjectRef]:
@@ -326,6 +338,9 @@ class TrainerGroup(ActorGroup):
     ) -> list[ray.ObjectRef]:
         refs = [w.state_dict_buckets.remote(bucket_mb, dtype, transport, engine) for w in self.workers]
         return self.gather(refs, "state_dict_buckets")[0]
+
+    def adapter_buckets(self, dtype: str) -> list[ray.ObjectRef]:
+        return self.gather([w.adapter_buckets.remote(dtype) for w in self.workers], "adapter_buckets")[0]
 
     def release_buckets(self) -> None:
         self.gather([w.release_buckets.remote() for w in self.workers], "release_buckets")

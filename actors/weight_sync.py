@@ -15,6 +15,9 @@ class WeightSync:
       trainer frees its GPU buckets afterwards.
     - ``broadcast``: trainer rank 0 and the engines form a process group on first use, then
       rank 0 sends while the engines receive.
+
+    With ``model.lora``, ``rollout.lora_sync`` says what is sent: full weights with the adapter merged in
+    (``merged``, over any transport), or the adapter's tensors alone (``adapter``, through the object store).
     """
 
     def __init__(self, trainer: TrainerGroup, rollout: RolloutGroup, config: RolloutSection):
@@ -25,6 +28,8 @@ class WeightSync:
 
     def push(self, version: int) -> list[int]:
         config = self.config
+        if config.lora_sync == "adapter":  # the LoRA adapter alone, through the object store
+            return self.rollout.update_adapter(version, self.trainer.adapter_buckets(config.dtype))
         if config.weight_transport == "broadcast":
             self._join_group()
             sending = self.trainer.broadcast_weights(config.bucket_mb, config.dtype)

@@ -231,6 +231,11 @@ class RolloutSection(Section):
     max_trajectory_tokens: Count = 512
     """With ``environment``: tokens after the prompt (the model's and the environment's); one that reaches it
     ends with ``finish_reason="length"``. Each model turn is still capped by ``max_new_tokens``."""
+    lora_sync: Literal["merged", "adapter"] = "merged"
+    """With ``model.lora``, what a weight sync sends: ``merged``, full weights under the base model's names (each
+    adapted weight ``W + (alpha / rank) * B @ A``), which every engine loads as today; or ``adapter``, only the
+    adapter's ``A`` and ``B`` tensors, which the engine applies to the base weights it keeps (HF engine, over the
+    object store)."""
     sleep_while_training: bool | Literal["auto"] = "auto"
     """LMDeploy colocated with the trainer on one GPU: free the engine's weights and KV cache (sleep level 2) for
     each update; the next weight sync wakes it. ``auto`` sleeps only when GPU memory measured after the last
@@ -691,6 +696,19 @@ class Recipe(Section):
             raise ValueError(
                 "model.lora trains with trainer.backend=fsdp2 only, not trainer.backend='deepspeed'; unset one of them"
             )
+        if self.rollout.lora_sync == "adapter":
+            if self.model.lora is None:
+                raise ValueError("rollout.lora_sync=adapter sends a LoRA adapter: set model.lora, or lora_sync=merged")
+            if self.rollout.engine != "hf":
+                raise ValueError(
+                    f"rollout.lora_sync=adapter is built for rollout.engine=hf only, not {self.rollout.engine!r}: "
+                    "use rollout.lora_sync=merged"
+                )
+            if self.rollout.weight_transport != "object_store":
+                raise ValueError(
+                    f"rollout.lora_sync=adapter travels through the object store, not rollout.weight_transport="
+                    f"{self.rollout.weight_transport!r}"
+                )
         multiple = 32 if self.placement.device == "cpu" else 16  # vLLM's attention kernels' granularity
         if self.rollout.block_size is not None and (self.rollout.block_size <= 0 or self.rollout.block_size % multiple):
             raise ValueError(

@@ -25,6 +25,11 @@ class Engine(ABC):
         """Install a full set of weights, bucket by bucket (tensors by name, or the engine's own CUDA IPC form,
         ``rollout.registry.pack_bucket``), then start serving ``version``."""
 
+    def load_adapter(self, version: int, adapter: dict[str, Any], scale: float) -> None:
+        """Serve ``version``: the base weights with a LoRA adapter applied (tensors in PEFT's file format,
+        ``rlstack.lora``; ``scale`` is ``alpha / rank``), replacing the previous version's adapter."""
+        raise NotImplementedError(f"{type(self).__name__} loads no LoRA adapter; use rollout.lora_sync=merged")
+
     def sleep(self) -> None:
         """Free the engine's GPU memory until the next ``load_weights`` (LMDeploy; others cannot)."""
         raise NotImplementedError(f"{type(self).__name__} cannot sleep")

@@ -6,7 +6,7 @@ from typing import Literal
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-from rlstack import models
+from rlstack import lora, models
 from rlstack.types import Completion, SamplingParams
 from rollout.base import Engine
 
@@ -47,6 +47,7 @@ class HFEngine(Engine):
         self.model = models.load_model(model_path, dtype=dtype, seed=seed).to(device).eval()  # type: ignore[arg-type]
         self.device = device
         self.policy_version = -1
+        self.base_weights: dict[str, torch.Tensor] = {}  # the adapted weights' base values, once a LoRA adapter came
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
@@ -125,6 +126,23 @@ class HFEngine(Engine):
                 missing.discard(name)
         if missing:
             raise RuntimeError(f"weight sync to version {version} is incomplete: missing {sorted(missing)[:3]}...")
+        self.policy_version = version
+
+    @torch.no_grad()
+    def load_adapter(self, version: int, adapter: dict[str, torch.Tensor], scale: float) -> None:
+        """Each adapted weight becomes ``W + scale * B @ A`` from the base ``W`` kept at the first adapter, so an
+        adapter replaces the last one instead of adding to it; every later adapter must adapt the same weights."""
+        found = lora.pairs(adapter)
+        params = dict(self.model.named_parameters())
+        unknown = sorted(set(found) - set(params))
+        if unknown or (self.base_weights and set(found) != set(self.base_weights)):
+            raise RuntimeError(
+                f"adapter for version {version} does not fit: weights {unknown[:3] or sorted(found)[:3]}... are not "
+                "the model's or not the ones adapted before"
+            )
+        for name, (a, b) in found.items():
+            base = self.base_weights.setdefault(name, params[name].detach().clone())
+            params[name].copy_(lora.merged_weight(base, a, b, scale))
         self.policy_version = version
 
     def fingerprint(self) -> dict[str, float]:

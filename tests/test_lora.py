@@ -1,4 +1,4 @@
-"""LoRA's merged weights, its adapter-off reference and the recipe's refusals."""
+"""LoRA's merged weights, its adapter-off reference, the HF engine's adapter loading and the recipe's refusals."""
 
 import pytest
 import torch
@@ -7,6 +7,7 @@ from rlstack import models
 from rlstack.config import LoraSection, RecipeError, load_recipe
 from rlstack.forward import add_response_scoring
 from rlstack.lora import Adapter, AdapterDisabled, merged_weight, pairs
+from rollout.hf_engine import HFEngine
 
 TINY = "recipes/grpo_tiny_random.yaml"
 
@@ -78,10 +79,33 @@ def test_the_reference_is_the_base_model_and_shares_the_policys_weights(adapted)
         assert torch.allclose(ours, theirs, atol=1e-6)
 
 
+def test_hf_engine_applies_each_adapter_to_the_base_weights_so_none_accumulates(adapted):
+    model, adapter = adapted
+    first = adapter.adapter_state(model.named_parameters())
+    second = {name: 2 * t.detach() for name, t in first.items()}
+    engine = HFEngine("random:tiny", dtype=torch.float32, device="cpu", seed=0)
+    fresh = HFEngine("random:tiny", dtype=torch.float32, device="cpu", seed=0)
+    engine.load_adapter(1, first, 2.0)
+    engine.load_adapter(2, second, 2.0)
+    fresh.load_adapter(7, second, 2.0)
+    assert engine.policy_version == 2
+    assert models.fingerprint(engine.model) == models.fingerprint(fresh.model)
+    engine.load_adapter(3, first, 2.0)
+    with torch.no_grad():
+        assert torch.allclose(engine.model(IDS).logits, model(IDS).logits, atol=1e-5)
+    fewer = dict(list(first.items())[:2])
+    with pytest.raises(RuntimeError, match="does not fit"):
+        engine.load_adapter(4, fewer, 2.0)
+    assert engine.policy_version == 3
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (["model.lora={rank: 4}", "trainer.backend=deepspeed"], "model.lora.*trainer.backend=fsdp2 only"),
+        (["rollout.lora_sync=adapter"], "rollout.lora_sync=adapter sends a LoRA adapter: set model.lora"),
+        (["model.lora={rank: 4}", "rollout.lora_sync=adapter", "rollout.engine=vllm"], "rollout.engine=hf only"),
+        (["model.lora={rank: 4}", "rollout.lora_sync=adapter", "rollout.weight_transport=broadcast"], "object store"),
         (["model.lora={rank: 0}"], "model.lora.rank"),
         (["model.lora={target_modules: []}"], "target_modules is empty"),
     ],

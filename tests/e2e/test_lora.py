@@ -33,7 +33,7 @@ def checkpoint_model(checkpoint) -> HFEngine:
     return engine
 
 
-@pytest.mark.parametrize("lora_sync", ["merged"])
+@pytest.mark.parametrize("lora_sync", ["merged", "adapter"])
 def test_lora_grpo_trains_the_adapter_alone_and_the_engine_serves_the_trained_model(
     ray_cluster, tmp_path, request, lora_sync
 ):
