@@ -14,7 +14,6 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import replace
 from typing import Any
 
 import ray
@@ -25,7 +24,7 @@ from reward.loader import resolve
 from rlstack.config import EnvironmentSection
 from rlstack.environment import Outcome, check_class, check_messages, check_step
 from rlstack.logs import capture_output
-from rollout.multi_turn import Trajectory
+from rollout.multi_turn import Trajectory, trajectory_metrics
 
 MAX_THREADS = 64
 POLL_S = 0.02
@@ -199,7 +198,7 @@ class EnvironmentPool:
 def with_environment(scores: Scores, groups: list[list[Trajectory]], error_score: float) -> Scores:
     """Scores of trajectories: ``reward.functions``' scores of each final answer plus the environment's reward; a
     trajectory that an environment failure ended scores ``error_score``, in all and in every function, and
-    counts in ``num_errors``."""
+    counts in ``num_errors``. The metrics gain the trajectories' (``trajectory_metrics``)."""
     flat = [t for group in groups for t in group]
     rewards = [
         error_score if t.error is not None else total + (t.env_reward or 0.0)
@@ -210,4 +209,5 @@ def with_environment(scores: Scores, groups: list[list[Trajectory]], error_score
         for name, values in scores.by_function.items()
     }
     num_failed = sum(t.error is not None for t in flat)
-    return replace(scores, rewards=rewards, by_function=by_function, num_errors=scores.num_errors + num_failed)
+    metrics = {**scores.metrics, **trajectory_metrics(groups)}
+    return Scores(rewards, by_function, metrics, scores.num_errors + num_failed)

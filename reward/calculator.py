@@ -2,8 +2,9 @@
 reward.calculator:Calculator``).
 
 The model asks with ``<tool>123 * 456</tool>``; the environment answers ``56088`` as a
-message of its own and the model takes another turn. A turn without a tool call is the
-final answer, which ``reward.functions`` score.
+message of its own and the model takes another turn. A turn with a number and no tool call
+is the final answer, which ``reward.functions`` score; a turn with neither is answered with a
+reminder (``nudge``), so the model may still answer within ``rollout.max_turns``.
 
 A tool call is untrusted model output, so ``evaluate`` is a small interpreter of Python's
 ``ast`` that accepts numbers, ``+ - * / // % **`` and parentheses only (never ``eval``), and
@@ -28,6 +29,8 @@ MAX_NODES = 64
 MAX_DIGITS = 100
 """Most decimal digits of any number, operand or result."""
 TOOL_CALL = re.compile(r"<tool>(.*?)</tool>", re.DOTALL)
+NUMBER = re.compile(r"\d")
+NUDGE = "Write <tool>expression</tool> to use the calculator, or reply with the answer as a number."
 INSTRUCTIONS = (
     "You can use a calculator. To compute something, write <tool>expression</tool>, for example "
     "<tool>12 * 34</tool>, and wait for the result. When you know the answer, reply with the number only."
@@ -130,11 +133,13 @@ def answer(value: Number) -> str:
 
 class Calculator(Environment):
     """The model may call the calculator with ``<tool>expression</tool>``; the result (or ``error: <reason>``)
-    comes back as a ``role`` message. The turn without a tool call ends the trajectory; its text is the answer."""
+    comes back as a ``role`` message. A turn with a number and no tool call ends the trajectory: its text is the
+    answer. A turn with neither gets ``nudge`` back (``None``: it ends the trajectory too)."""
 
-    def __init__(self, instructions: str = INSTRUCTIONS, role: str = "tool"):
+    def __init__(self, instructions: str = INSTRUCTIONS, role: str = "tool", nudge: str | None = NUDGE):
         self.instructions = instructions
         self.role = role
+        self.nudge = nudge
 
     def reset(self, row: dict[str, Any]) -> list[dict[str, str]]:
         chat = [m for m in row["messages"] if m["role"] != "system"]
@@ -142,8 +147,12 @@ class Calculator(Environment):
 
     def step(self, messages: list[dict[str, str]], completion: str) -> Step:
         calls = TOOL_CALL.findall(completion)
-        if not calls:
+        if not calls and (self.nudge is None or NUMBER.search(completion)):
             return Step(done=True)
+        if not calls:
+            return Step(
+                observation=[{"role": self.role, "content": self.nudge}], info={"tool_calls": 0, "tool_errors": 0}
+            )
         try:
             reply, failed = answer(evaluate(calls[-1])), 0
         except CalculatorError as exc:

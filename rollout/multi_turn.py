@@ -11,7 +11,8 @@ far (``observation_ids``). The trajectory keeps, per token, whether the model pr
 A trajectory ends when the environment says ``done``, after ``rollout.max_turns`` model turns,
 or at ``rollout.max_trajectory_tokens`` tokens after the prompt (the last two with
 ``finish_reason="length"``), or at its first failed environment call (``Trajectory.error``),
-which scores ``reward.error_score``.
+which scores ``reward.error_score``. A prompt's ``n`` trajectories start from one opening: ``reset`` must
+answer alike for one row.
 """
 
 from collections import Counter
@@ -144,12 +145,23 @@ class TurnLoop:
         runs = [Running(self.next_key + i, []) for i in range(len(prompts) * params.n)]
         self.next_key += len(runs)
         rows = [row_of(prompts[i // params.n]) for i in range(len(runs))]
-        for run, outcome in zip(runs, self.environments.reset([r.key for r in runs], rows), strict=True):
+        openings: dict[int, list[int]] = {}  # per prompt, the opening its trajectories share
+        for i, (run, outcome) in enumerate(
+            zip(runs, self.environments.reset([r.key for r in runs], rows), strict=True)
+        ):
             if outcome.error is not None:
                 run.fail(outcome)
-            else:
-                run.messages = list(outcome.value)
-                run.prompt_ids = render_prompt(self.tokenizer, run.messages, self.system_prompt)
+                continue
+            run.messages = list(outcome.value)
+            run.prompt_ids = render_prompt(self.tokenizer, run.messages, self.system_prompt)
+            if openings.setdefault(i // params.n, run.prompt_ids) != run.prompt_ids:
+                run.fail(
+                    Outcome(
+                        error="bad_value",
+                        message="reset opened differently for the same row: a GRPO group "
+                        "is n trajectories from one start, so reset must be a function of the row",
+                    )
+                )
         for turn in range(self.max_turns):
             active = [r for r in runs if not r.done]
             if not active:

@@ -82,3 +82,10 @@ def test_a_tool_call_is_answered_and_a_turn_without_one_ends_the_trajectory():
     assert step.info == {"tool_calls": 1, "tool_errors": 1}
     final = check_step(calculator.step(opening, "The answer is 56088."))
     assert final.done and final.observation is None and final.reward is None
+
+
+def test_a_turn_with_neither_a_tool_call_nor_a_number_is_reminded():
+    step = check_step(Calculator().step([], "I am not sure."))
+    assert not step.done and step.observation[0]["content"].startswith("Write <tool>")
+    assert step.info["tool_calls"] == 0
+    assert check_step(Calculator(nudge=None).step([], "I am not sure.")).done
