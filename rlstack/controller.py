@@ -613,10 +613,7 @@ class GRPOController(Controller):
         """``Rollouts.to_json``'s inverse: the prompts are drawn again from the saved sampler state."""
         sampler: EpochSampler[Prompt] = EpochSampler(self.data.train, self.recipe.data.seed, self.recipe.data.shuffle)
         sampler.load_state(saved["sampler_state"])
-        groups = [
-            [Completion(**{key: tuple(v) if isinstance(v, list) else v for key, v in c.items()}) for c in g]
-            for g in saved["groups"]  # JSON made the tuples lists
-        ]
+        groups = [[completion_from_json(c) for c in group] for group in saved["groups"]]
         prompts = sampler.next_batch(len(groups))
         return Rollouts(saved["step"], saved["sampler_state"], prompts, saved["prompt_ids"], groups,
                         Scores(**saved["scores"]), saved["num_rounds"], *saved["seconds"])  # fmt: skip
@@ -671,6 +668,12 @@ def untrained_warning(step: int, num_steps: int, identical_fraction: float) -> s
             "cannot tell the samples apart"
         )
     return f"{message}, {num_steps} steps in a row: {cause}"
+
+
+def completion_from_json(saved: dict[str, Any]) -> Completion:
+    """``asdict(completion)`` after a JSON round trip, which made its tuples lists, as the ``Completion``."""
+    fields: dict[str, Any] = {key: tuple(v) if isinstance(v, list) else v for key, v in saved.items()}
+    return Completion(**fields)
 
 
 def concat(parts: list[Scores]) -> Scores:
