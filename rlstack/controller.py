@@ -32,6 +32,7 @@ import yaml
 from transformers import PreTrainedTokenizerBase
 
 from actors.calls import ActorFailure
+from actors.environment import EnvironmentPool, with_environment
 from actors.reward import RewardPool, ScoreRequest, Scores
 from actors.rollout import RolloutGroup
 from actors.trainer import TrainerGroup
@@ -51,6 +52,7 @@ from rlstack.pipeline import Channel, Closed, staleness, within_bound
 from rlstack.samples import SampleLog
 from rlstack.tracking import Tracker, plot_run
 from rlstack.types import Completion, Sample, SamplingParams, TrainBatch
+from rollout.multi_turn import Trajectory, TurnLoop, single_turn
 
 SEED_STRIDE = 1_000_003
 """Step seeds are ``trainer.seed * SEED_STRIDE + step``: a prime stride, so runs of different seeds never share
@@ -94,6 +96,7 @@ class Controller:
         self.trainer = TrainerGroup(recipe)
         self.rollout: RolloutGroup | None = None
         self.rewards: RewardPool | None = None
+        self.environments: EnvironmentPool | None = None
         self.policy_version = 0
         self.engine_version: int | None = None
         self.start_step = 0
@@ -103,6 +106,8 @@ class Controller:
             if self.held_out_prompts:
                 self.rollout = RolloutGroup(recipe)
                 self.rewards = RewardPool(recipe.reward, recipe.placement)
+                if recipe.rollout.environment is not None:
+                    self.environments = EnvironmentPool(recipe.rollout.environment)
             self.weight_sync = WeightSync(self.trainer, self.rollout, recipe.rollout) if self.rollout else None
             (run_dir / "placement.json").write_text(json.dumps(self.placement(), indent=1))
             if recipe.checkpoint.resume_from:
@@ -119,7 +124,12 @@ class Controller:
 
     def placement(self) -> dict[str, list[str]]:
         """The Ray node ID of each actor, by group: trainer ranks, engines, reward actors."""
-        groups = {"trainer": self.trainer, "rollout": self.rollout, "reward": self.rewards}
+        groups = {
+            "trainer": self.trainer,
+            "rollout": self.rollout,
+            "reward": self.rewards,
+            "environment": self.environments,
+        }
         return {name: group.nodes() for name, group in groups.items() if group is not None}
 
     def __enter__(self) -> Self:
@@ -131,7 +141,7 @@ class Controller:
 
     def shutdown(self) -> None:
         """Free the cluster's resources: kill the actors and remove the placement groups."""
-        for group in (self.rewards, self.rollout, self.trainer):
+        for group in (self.environments, self.rewards, self.rollout, self.trainer):
             if group is not None:
                 group.shutdown()
 
@@ -264,15 +274,33 @@ class Controller:
         assert all(v == self.policy_version for v in versions), versions
         self.engine_version = self.policy_version
 
-    def score(self, prompts: list[Prompt], groups: list[list[Completion]]) -> Scores:
-        """Rewards for every completion, flattened in group order."""
+    def sample(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Trajectory]]:
+        """``params.n`` samples of each prompt: the engines' completions, or with ``rollout.environment`` multi-turn
+        trajectories (``rollout.multi_turn``)."""
+        assert self.rollout is not None
+        if self.environments is None:
+            ids = [self.prompt_ids(p) for p in prompts]
+            return single_turn(ids, self.rollout.generate(ids, params))
+        rollout = self.recipe.rollout
+        turns = TurnLoop(
+            self.rollout.generate, self.environments, self.tokenizer, rollout.max_turns,
+            rollout.max_trajectory_tokens, self.recipe.data.system_prompt,
+        )  # fmt: skip
+        return turns.run(prompts, params)
+
+    def score(self, prompts: list[Prompt], groups: list[list[Trajectory]]) -> Scores:
+        """Rewards for every sample, flattened in group order; a trajectory's answer is its last turn, and its
+        environment's reward is added (``with_environment``)."""
         assert self.rewards is not None
         requests = [
-            ScoreRequest(c.text, p.question, p.fields, len(c.token_ids), c.finish_reason)
+            ScoreRequest(t.answer, p.question, p.fields, t.completion.num_model_tokens, t.completion.finish_reason)
             for p, group in zip(prompts, groups, strict=True)
-            for c in group
+            for t in group
         ]
-        return self.rewards.score(requests)
+        scores = self.rewards.score(requests)
+        if self.environments is None:
+            return scores
+        return with_environment(scores, groups, self.recipe.reward.error_score)
 
     def correct(self, scores: Scores) -> torch.Tensor:
         """``[N]`` bool: the first (correctness) reward scored 1."""
@@ -285,14 +313,12 @@ class Controller:
             return {}
         if self.engine_version != self.policy_version:
             self.sync_weights()
-        prompts = [self.prompt_ids(p) for p in self.held_out_prompts]
+        held_out = self.held_out_prompts
         max_tokens = self.recipe.rollout.max_new_tokens
         stop = tuple(self.recipe.rollout.stop)
-        greedy = self.rollout.generate(
-            prompts, SamplingParams(n=1, max_new_tokens=max_tokens, temperature=0.0, stop=stop)
-        )
-        sampled = self.rollout.generate(
-            prompts,
+        greedy = self.sample(held_out, SamplingParams(n=1, max_new_tokens=max_tokens, temperature=0.0, stop=stop))
+        sampled = self.sample(
+            held_out,
             SamplingParams(
                 n=self.recipe.eval.num_samples,
                 max_new_tokens=max_tokens,
@@ -301,7 +327,6 @@ class Controller:
                 stop=stop,
             ),
         )
-        held_out = self.held_out_prompts
         return {
             "eval/greedy_accuracy": self.correct(self.score(held_out, greedy)).float().mean().item(),
             "eval/sampled_accuracy": self.correct(self.score(held_out, sampled)).float().mean().item(),
@@ -402,6 +427,7 @@ class GRPOController(Controller):
                 Sample(tuple(rollouts.prompt_ids[g]), completion, float(advantages[g, i]))
                 for g in keep.nonzero().flatten().tolist()
                 for i, completion in enumerate(groups[g])
+                if completion.token_ids  # a trajectory whose environment failed at reset has none
             ]
             if samples:
                 sleeps = self.engines_sleep(metrics)
@@ -494,11 +520,12 @@ class GRPOController(Controller):
         num_varied = 0
         for round_ in range(1 + (algo.max_refill_rounds if algo.refill_zero_variance else 0)):
             batch = self.sampler.next_batch(rollout.num_prompts)
-            ids = [self.prompt_ids(p) for p in batch]
             start = time.perf_counter()
-            new = self.rollout_engines().generate(ids, self.sampling_params(step, round_))
+            trajectories = self.sample(batch, self.sampling_params(step, round_))
             generate_s, start = generate_s + time.perf_counter() - start, time.perf_counter()
-            parts.append(self.score(batch, new))
+            new = [[t.completion for t in group] for group in trajectories]
+            ids = [list(group[0].prompt_ids) for group in trajectories]  # a group's trajectories open alike
+            parts.append(self.score(batch, trajectories))
             reward_s += time.perf_counter() - start
             prompts, prompt_ids, groups = prompts + batch, prompt_ids + ids, groups + new
             num_varied += int((~zero_variance_groups(torch.tensor(parts[-1].rewards).view(len(new), -1))).sum())
@@ -616,9 +643,10 @@ class GRPOController(Controller):
         metrics: dict[str, float] = {}
         for minibatch in chunks(samples, self.recipe.algorithm.num_minibatches):
             shards = shard(minibatch, self.recipe.placement.num_trainer_ranks)
-            num_tokens = sum(len(s.completion.token_ids) for s in minibatch)
+            num_tokens = sum(s.completion.num_model_tokens for s in minibatch)
             batches = [
-                TrainBatch(tuple(s), num_tokens, len(minibatch), self.recipe.rollout.max_new_tokens) for s in shards
+                TrainBatch(tuple(s), num_tokens, len(minibatch), self.recipe.rollout.max_response_tokens)
+                for s in shards
             ]
             metrics = self.trainer.step(batches)
         return metrics
