@@ -49,6 +49,7 @@ bench:
 	$(PY) -m rlstack.cli bench sft; \
 	$(PY) -m rlstack.cli bench trainer; \
 	$(PY) -m rlstack.cli bench service; \
+	$(PY) -m rlstack.cli bench tool-calc; \
 	$(PY) -m rlstack.cli bench demo --setup-seconds $$(( $$(date +%s) - start ))
 
 clean:

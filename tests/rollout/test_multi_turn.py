@@ -1,5 +1,6 @@
 """The turn loop against a scripted engine and in-process environment workers: token in, token out."""
 
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,16 @@ def test_the_prompt_is_the_environments_opening_through_the_chat_template(tokeni
     trajectory = run(tokenizer, ScriptedEngine(tokenizer), worker("Countdown", turns=1))[0][0]
     opening = [{"role": "user", "content": "count down from 1: What is 2 * 3?"}]
     assert list(trajectory.prompt_ids) == render_prompt(tokenizer, opening)
+
+
+def test_the_readmes_twenty_line_environment_runs(tokenizer, tmp_path):
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("    # my_envs.py\n", 1)[1].split("\n\n    rlstack train", 1)[0]
+    code = textwrap.dedent(block)
+    assert len(code.strip().splitlines()) <= 20
+    (tmp_path / "my_envs.py").write_text(code)
+    environment = EnvironmentWorker(EnvironmentSection(fn=f"{tmp_path}/my_envs.py:Guess"))
+    groups = run(tokenizer, ScriptedEngine(tokenizer, reply="50"), environment, max_turns=3)
+    trajectory = groups[0][0]  # the answer is 6: "lower", twice, then out of turns
+    assert trajectory.num_turns == 3 and trajectory.completion.finish_reason == "length"
+    assert tokenizer.decode(trajectory.completion.token_ids).count("lower") == 2
