@@ -1,12 +1,20 @@
-"""LoRA's merged weights, its adapter-off reference, the HF engine's adapter loading and the recipe's refusals."""
+"""LoRA's merged weights, its adapter-off reference, the HF engine's adapter loading, the export's merge and the
+recipe's refusals."""
+
+import json
+import shutil
 
 import pytest
 import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
 
 from rlstack import models
+from rlstack.checkpoint import MANIFEST, manifest_of
 from rlstack.config import LoraSection, RecipeError, load_recipe
+from rlstack.export import export
 from rlstack.forward import add_response_scoring
-from rlstack.lora import Adapter, AdapterDisabled, merged_weight, pairs
+from rlstack.lora import ADAPTER_DIR, Adapter, AdapterDisabled, merged_weight, pairs
 from rollout.hf_engine import HFEngine
 
 TINY = "recipes/grpo_tiny_random.yaml"
@@ -113,3 +121,41 @@ def test_hf_engine_applies_each_adapter_to_the_base_weights_so_none_accumulates(
 def test_recipes_that_lora_cannot_run_are_refused_before_any_actor_starts(overrides, message):
     with pytest.raises(RecipeError, match=message):
         load_recipe(TINY, overrides)
+
+
+@pytest.fixture
+def lora_checkpoint(adapted, tmp_path):
+    """A LoRA checkpoint as a trainer writes it: the base weights, ``adapter/``, the rest, the manifest last."""
+    model, adapter = adapted
+    path = tmp_path / "run/checkpoints/step_2"
+    adapter.save(path / ADAPTER_DIR, adapter.adapter_state(model.named_parameters()))
+    model.save_pretrained(path, state_dict=adapter.base_state(model.state_dict()))
+    models.load_tokenizer("random:tiny").save_pretrained(path)
+    torch.save({"num_optimizer_steps": 2}, path / "trainer_state.pt")
+    (path / "controller_state.json").write_text(json.dumps({"step": 2}))
+    (path / "recipe.yaml").write_text("name: tiny\n")
+    (path / MANIFEST).write_text(json.dumps({"files": manifest_of(path)}))
+    return path
+
+
+def test_export_merge_writes_a_plain_model_that_computes_what_the_adapted_one_does(adapted, lora_checkpoint, tmp_path):
+    model, _ = adapted
+    files = export(lora_checkpoint, tmp_path / "merged", merge=True)
+    assert "model.safetensors" in files and ADAPTER_DIR not in files
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    assert not [name for name, _ in merged.named_parameters() if "lora" in name or "base_layer" in name]
+    with torch.no_grad():
+        assert torch.allclose(merged(IDS).logits, model(IDS).logits, atol=1e-5)
+
+    export(lora_checkpoint, tmp_path / "unmerged")  # the base weights, and the adapter beside them for PEFT
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "unmerged")
+    served = PeftModel.from_pretrained(base, tmp_path / "unmerged" / ADAPTER_DIR).eval()
+    with torch.no_grad():
+        assert torch.allclose(served(IDS).logits, model(IDS).logits, atol=1e-5)
+
+
+def test_export_merge_of_a_checkpoint_without_an_adapter_is_refused(lora_checkpoint, tmp_path):
+    shutil.rmtree(lora_checkpoint / ADAPTER_DIR)
+    (lora_checkpoint / MANIFEST).write_text(json.dumps({"files": manifest_of(lora_checkpoint)}))
+    with pytest.raises(ValueError, match="holds no LoRA adapter"):
+        export(lora_checkpoint, tmp_path / "out", merge=True)

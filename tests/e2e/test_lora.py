@@ -7,6 +7,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
+from actors.trainer import TrainerGroup
 from rlstack import models
 from rlstack.config import load_recipe
 from rlstack.controller import GRPOController
@@ -84,7 +85,9 @@ def test_lora_grpo_trains_the_adapter_alone_and_the_engine_serves_the_trained_mo
     assert gap > 1e-3  # the synced adapter changed what the engine serves
 
 
-def test_lora_sft_lowers_held_out_loss_with_the_base_weights_frozen(ray_cluster, tmp_path, request):
+def test_lora_sft_lowers_held_out_loss_with_the_base_weights_frozen_and_resumes_from_its_checkpoint(
+    ray_cluster, tmp_path, request
+):
     recipe = load_recipe(
         request.config.rootpath / "recipes/grpo_tiny_random.yaml",
         [*LORA, *SHORT, "algorithm.name=sft", "algorithm.kl_coef=0"],
@@ -95,7 +98,14 @@ def test_lora_sft_lowers_held_out_loss_with_the_base_weights_frozen(ray_cluster,
         trained = controller.trainer.fingerprint()
     assert summary["loss_after"] < summary["loss_before"]
     assert all(trained[n] == initial[n] for n in initial if ".lora_" not in n)
-    assert (tmp_path / f"run/checkpoints/step_3/{ADAPTER_DIR}/{ADAPTER_FILE}").is_file()
+    checkpoint = tmp_path / "run/checkpoints/step_3"
+    assert (checkpoint / ADAPTER_DIR / ADAPTER_FILE).is_file()
+    group = TrainerGroup(recipe)
+    try:
+        group.load(str(checkpoint))
+        assert group.fingerprint() == trained  # base weights and adapter, back from the checkpoint
+    finally:
+        group.shutdown()
 
 
 def test_lora_online_dpo_starts_at_its_reference_and_raises_the_margin(ray_cluster, tmp_path, request):
