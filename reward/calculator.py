@@ -147,9 +147,9 @@ class Calculator(Environment):
 
     def step(self, messages: list[dict[str, str]], completion: str) -> Step:
         calls = TOOL_CALL.findall(completion)
-        if not calls and (self.nudge is None or NUMBER.search(completion)):
-            return Step(done=True)
         if not calls:
+            if self.nudge is None or NUMBER.search(completion):
+                return Step(done=True)
             return Step(
                 observation=[{"role": self.role, "content": self.nudge}], info={"tool_calls": 0, "tool_errors": 0}
             )
