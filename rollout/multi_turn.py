@@ -27,6 +27,11 @@ from rlstack.data.prompts import Message, Prompt
 from rlstack.environment import Outcome, Step
 from rlstack.types import Completion, SamplingParams
 
+DIFFERENT_OPENING = (
+    "reset opened differently for one row: a GRPO group is n trajectories from one start, so reset must answer "
+    "alike for one row"
+)
+
 Generate = Callable[[list[list[int]], SamplingParams], list[list[Completion]]]
 """``generate(prompts, params)``: the rollout group's ``params.n`` completions of each prompt's token ids."""
 
@@ -146,22 +151,19 @@ class TurnLoop:
         self.next_key += len(runs)
         rows = [row_of(prompts[i // params.n]) for i in range(len(runs))]
         openings: dict[int, list[int]] = {}  # per prompt, the opening its trajectories share
-        for i, (run, outcome) in enumerate(
-            zip(runs, self.environments.reset([r.key for r in runs], rows), strict=True)
-        ):
+        resets = self.environments.reset([r.key for r in runs], rows)
+        for i, (run, outcome) in enumerate(zip(runs, resets, strict=True)):
             if outcome.error is not None:
                 run.fail(outcome)
                 continue
             run.messages = list(outcome.value)
             run.prompt_ids = render_prompt(self.tokenizer, run.messages, self.system_prompt)
             if openings.setdefault(i // params.n, run.prompt_ids) != run.prompt_ids:
-                run.fail(
-                    Outcome(
-                        error="bad_value",
-                        message="reset opened differently for the same row: a GRPO group "
-                        "is n trajectories from one start, so reset must be a function of the row",
-                    )
-                )
+                run.fail(Outcome(error="bad_value", message=DIFFERENT_OPENING))
+        for i, run in enumerate(runs):  # a trajectory that failed at reset keeps its group's opening, or the row's
+            if run.error is not None:
+                row_opening = render_prompt(self.tokenizer, rows[i]["messages"], self.system_prompt)
+                run.prompt_ids = openings.get(i // params.n, row_opening)
         for turn in range(self.max_turns):
             active = [r for r in runs if not r.done]
             if not active:
@@ -176,7 +178,7 @@ class TurnLoop:
             for run, outcome in zip(active, steps, strict=True):
                 self.take_step(run, outcome, last_turn=turn + 1 == self.max_turns)
         self.environments.close([r.key for r in runs])
-        trajectories = [self.trajectory(r, rows[i]) for i, r in enumerate(runs)]
+        trajectories = [self.trajectory(r) for r in runs]
         return [trajectories[g * params.n : (g + 1) * params.n] for g in range(len(prompts))]
 
     def add_model_turn(self, run: Running, completion: Completion) -> None:
@@ -220,8 +222,7 @@ class TurnLoop:
         run.messages += step.observation
         run.finish_reason = "stop"
 
-    def trajectory(self, run: Running, row: dict[str, Any]) -> Trajectory:
-        prompt_ids = run.prompt_ids or render_prompt(self.tokenizer, row["messages"], self.system_prompt)
+    def trajectory(self, run: Running) -> Trajectory:
         completion = Completion(
             token_ids=tuple(run.tokens),
             logprobs=tuple(run.logprobs),
@@ -231,7 +232,7 @@ class TurnLoop:
             model_mask=tuple(run.mask),
         )
         return Trajectory(
-            prompt_ids=tuple(prompt_ids),
+            prompt_ids=tuple(run.prompt_ids),
             completion=completion,
             answer=run.answer,
             num_turns=run.num_turns,

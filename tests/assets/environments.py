@@ -73,3 +73,15 @@ class BadReset(Countdown):
 class NoStep:
     def reset(self, row):
         return row["messages"]
+
+
+class FirstResetFails(Countdown):
+    """The first instance's reset raises; the others open as Countdown does."""
+
+    num_resets = 0
+
+    def reset(self, row):
+        FirstResetFails.num_resets += 1
+        if FirstResetFails.num_resets == 1:
+            raise RuntimeError("no room")
+        return super().reset(row)

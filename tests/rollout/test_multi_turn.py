@@ -172,3 +172,12 @@ def test_the_readmes_twenty_line_environment_runs(tokenizer, tmp_path):
     trajectory = groups[0][0]  # the answer is 6: "lower", twice, then out of turns
     assert trajectory.num_turns == 3 and trajectory.completion.finish_reason == "length"
     assert tokenizer.decode(trajectory.completion.token_ids).count("lower") == 2
+
+
+def test_a_trajectory_whose_reset_failed_has_no_tokens_and_its_groups_opening(tokenizer):
+    groups = run(tokenizer, ScriptedEngine(tokenizer), worker("FirstResetFails", turns=1))
+    failed = [t for g in groups for t in g if t.error is not None]
+    assert len(failed) == 1 and failed[0].error == "exception" and "no room" in failed[0].error_message
+    assert failed[0].completion.token_ids == () and failed[0].num_turns == 0
+    for group in groups:
+        assert len({t.prompt_ids for t in group}) == 1
