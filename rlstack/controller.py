@@ -1,16 +1,24 @@
-"""The step loop. One GRPO step (``GRPOController.step``):
+"""The step loop. One GRPO step (``GRPOController.step``), in two loops joined by bounded queues
+(``rlstack.pipeline``): the rollout loop (``continuous_rollouts``) does 1-3 for each step it is asked for, the
+training loop (``step``) asks, then does 4-8:
 
 1. sample ``rollout.num_prompts`` prompts (``data``, one epoch's shuffled order at a time);
 2. generate ``rollout.num_samples`` completions of each with the engines (``rollout.engine``), seeded from
    ``trainer.seed`` and the step;
-3. score them in the reward pool (``reward.functions``, each call within ``reward.timeout_s``);
+3. score them in the reward pool (``reward.functions``, each call within ``reward.timeout_s``); with
+   ``algorithm.refill_zero_variance``, repeat 1-3 until ``rollout.num_prompts`` groups have rewards that differ;
 4. group-relative advantages (``algorithm.normalize_std``); groups whose rewards are all equal are dropped
-   (``algorithm.drop_zero_variance_groups``), and a step left with none trains nothing and says so;
+   (``algorithm.drop_zero_variance_groups``), as are samples more than ``algorithm.max_staleness`` policy versions
+   old, and a step left with none trains nothing and says so;
 5. the engines sleep through the update if memory requires it (``rollout.sleep_while_training``);
 6. train: ``algorithm.num_minibatches`` optimizer steps of the objective (``actors.objectives``);
-7. sync the new weights to every engine as the next policy version (``rollout.weight_transport``);
+7. once the engines are between batches, sync the new weights to every engine as the next policy version
+   (``rollout.weight_transport``);
 8. log (``tracking``); every ``eval.every_steps`` evaluate on held-out prompts, every
    ``checkpoint.every_steps`` save a checkpoint.
+
+With ``algorithm.max_staleness`` k > 0, step s asks for the groups of steps up to s + k, so the engines generate
+step s + k's while the trainer does 4-6 on step s's; with k = 0, 1-3 and 4-8 take turns.
 
 A trainer rank or an engine that dies or misses its deadline ends the step with ``ActorFailure``; with
 ``checkpoint.auto_resume`` the controller rebuilds that group and goes on (``Controller.recover``).
@@ -626,8 +634,8 @@ class GRPOController(Controller):
         """Whether the engines sleep through this update (``rollout.sleep_while_training``). ``auto`` decides from
         each trainer rank's GPU memory after the last update and puts a ``note`` in ``metrics`` when it changes."""
         setting = self.recipe.rollout.sleep_while_training
-        if setting != "auto":
-            return setting
+        if setting != "auto" or self.recipe.algorithm.max_staleness:
+            return setting is True  # with max_staleness > 0 the engines generate through the update
         memory = self.trainer.gpu_memory()
         if not all(memory):
             return True  # the first update: its need is not known yet

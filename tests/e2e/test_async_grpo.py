@@ -1,14 +1,20 @@
 """Asynchronous GRPO (``algorithm.max_staleness``) and DAPO's refill on a real local Ray, with the tiny random model.
 
 k = 0 is the fixed-seed run of ``test_fixed_seed_metrics.py`` and the loop of ``test_grpo_loop.py``, unchanged;
-here k = 1 and k = 2 run end to end, and a run with a pipeline in flight is checkpointed and resumed exactly.
+here k = 1 and k = 2 run end to end, a run with a pipeline in flight is checkpointed and resumed exactly, and an
+engine that stops while the trainer updates fails the run within ``rollout.timeout_s``.
 """
 
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
+import ray
 
+from actors.calls import ActorFailure
 from rlstack.checkpoint import load_controller_state
 from rlstack.config import load_recipe
 from rlstack.controller import GRPOController
@@ -95,3 +101,29 @@ def test_with_k_2_and_refill_every_step_holds_num_prompts_groups_whose_rewards_d
     assert any(r["refill/rounds"] >= 1 for r in steps)
     trainer, engine = controller.final
     assert engine == trainer
+
+
+class EngineStoppedDuringUpdate(GRPOController):
+    """SIGSTOPs engine 0 as step 2's update starts, as the rollout loop starts on step 3's groups (k = 1)."""
+
+    stopped_at: float | None = None
+
+    def train(self, samples):
+        if self.policy_version == 1 and self.stopped_at is None:
+            self.stopped_at = time.monotonic()
+            os.kill(ray.get(self.rollout.workers[0].__ray_call__.remote(lambda _: os.getpid())), signal.SIGSTOP)
+        return super().train(samples)
+
+
+def test_an_engine_that_stops_while_the_trainer_updates_fails_the_run_within_its_deadline(ray_cluster, tmp_path):
+    timeout_s = 6
+    overrides = ["algorithm.max_staleness=1", f"rollout.timeout_s={timeout_s}"]
+    overrides += [f"reward.functions=[{ROOT}/tests/assets/rewards.py:distinct_characters]"]
+    recipe = load_recipe(TINY, [*COMMON, f"tracking.run_root={tmp_path}", "tracking.name=run", *overrides])
+    controller = EngineStoppedDuringUpdate(recipe, tmp_path / "run")
+    # stopped mid-generate, or idle before the sync that follows the update
+    match = f"rollout worker 0 did not finish (generate|update_weights) within rollout.timeout_s={timeout_s}"
+    with controller, pytest.raises(ActorFailure, match=match):
+        controller.run()
+    assert time.monotonic() - controller.stopped_at < timeout_s + 15  # and tearing the group down
+    assert controller.rollout.workers == []
