@@ -561,9 +561,9 @@ class GRPOController(Controller):
         ``trainer.num_steps``) not yet asked for; start it first if it is not running."""
         if self.rollout_loop is None:
             self.start_rollouts(step)
-        for step in range(self.asked_through + 1, min(through, self.recipe.trainer.num_steps) + 1):
-            self.requests.put(step)
-            self.asked_through, self.num_asked = step, self.num_asked + 1
+        for ahead in range(self.asked_through + 1, min(through, self.recipe.trainer.num_steps) + 1):
+            self.requests.put(ahead)
+            self.asked_through, self.num_asked = ahead, self.num_asked + 1
 
     def start_rollouts(self, step: int) -> None:
         """Before step ``step``: sync the engines to the current weights and start the rollout loop, its queue
