@@ -55,3 +55,14 @@ def test_the_environment_actors_count_in_the_placement():
     (environment,) = [d for d in demands(recipe) if d.count_key == "rollout.environment.num_workers"]
     assert environment.count == 3
     assert environment.resources == {"CPU": (0.5, "rollout.environment.num_cpus")}
+
+
+def test_rlstack_train_exits_2_on_a_bad_environment_before_anything_starts(tmp_path, capsys):
+    from rlstack.train import main
+
+    code = main(
+        [str(RECIPE), f"tracking.run_root={tmp_path}", "tracking.name=run", f"rollout.environment.fn={ENVS}:NoStep"]
+    )
+    assert code == 2
+    assert "rollout.environment" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
