@@ -62,6 +62,17 @@ def pairs(adapter: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, tor
     return found
 
 
+def check_targets(section: LoraSection, parameter_names: Iterable[str]) -> None:
+    """``ValueError`` naming ``model.lora.target_modules`` when none of the model's weights is in a layer it names
+    (``parameter_names``: the base model's, e.g. ``model.layers.0.self_attn.q_proj.weight``)."""
+    layers = {name.rsplit(".", 2)[-2] for name in parameter_names if name.count(".") >= 2}
+    if not layers & set(section.target_modules):
+        raise ValueError(
+            f"model.lora.target_modules={list(section.target_modules)} names no layer of the model; its layers with "
+            f"weights are {sorted(layers)}"
+        )
+
+
 class Adapter:
     """The LoRA adapter PEFT injected into a model, and the name maps between that model and the base model."""
 

@@ -22,6 +22,7 @@ from rlstack import models
 from rlstack.checkpoint import check_resumable
 from rlstack.config import RANDOM_PREFIX, EnvironmentSection, Recipe, RecipeError
 from rlstack.environment import check_class
+from rlstack.lora import check_targets
 
 
 def preflight(recipe: Recipe, run_dir: Path) -> None:
@@ -29,6 +30,8 @@ def preflight(recipe: Recipe, run_dir: Path) -> None:
     models.check_source(recipe.model.path)
     check_run_dir(recipe, run_dir)
     check_context(recipe, context_length(recipe.model.path))
+    if recipe.model.lora is not None:
+        check_targets(recipe.model.lora, [name for name, _ in models.parameter_shapes(recipe.model.path)])
     for index, function in enumerate(recipe.reward.functions):
         resolve(function.fn, f"reward.functions.{index}.fn", recipe.reward.import_timeout_s)
     if recipe.rollout.environment is not None:

@@ -15,6 +15,7 @@ from rlstack.config import LoraSection, RecipeError, load_recipe
 from rlstack.export import export
 from rlstack.forward import add_response_scoring
 from rlstack.lora import ADAPTER_DIR, Adapter, AdapterDisabled, merged_weight, pairs
+from rlstack.preflight import preflight
 from rollout.hf_engine import HFEngine
 
 TINY = "recipes/grpo_tiny_random.yaml"
@@ -159,3 +160,10 @@ def test_export_merge_of_a_checkpoint_without_an_adapter_is_refused(lora_checkpo
     (lora_checkpoint / MANIFEST).write_text(json.dumps({"files": manifest_of(lora_checkpoint)}))
     with pytest.raises(ValueError, match="holds no LoRA adapter"):
         export(lora_checkpoint, tmp_path / "out", merge=True)
+
+
+def test_target_modules_that_name_no_layer_of_the_model_are_refused_before_any_actor_starts(tmp_path):
+    recipe = load_recipe(TINY, ["model.lora={target_modules: [qkv_proj]}", f"tracking.run_root={tmp_path}"])
+    with pytest.raises(ValueError, match=r"model.lora.target_modules=\['qkv_proj'\] names no layer.*'q_proj'"):
+        preflight(recipe, tmp_path / "run")
+    preflight(recipe.model_copy(update={"model": load_recipe(TINY, ["model.lora={}"]).model}), tmp_path / "run")
