@@ -22,7 +22,7 @@ from rlstack import models
 from rlstack.checkpoint import check_resumable
 from rlstack.config import RANDOM_PREFIX, EnvironmentSection, Recipe, RecipeError
 from rlstack.environment import check_class
-from rlstack.lora import check_targets
+from rlstack.lora import ADAPTER_DIR, check_targets
 
 
 def preflight(recipe: Recipe, run_dir: Path) -> None:
@@ -32,6 +32,11 @@ def preflight(recipe: Recipe, run_dir: Path) -> None:
     check_context(recipe, context_length(recipe.model.path))
     if recipe.model.lora is not None:
         check_targets(recipe.model.lora, [name for name, _ in models.parameter_shapes(recipe.model.path)])
+    if (Path(recipe.model.path) / ADAPTER_DIR).is_dir():
+        raise RecipeError(
+            f"model.path={recipe.model.path!r} is a LoRA checkpoint, whose weights are the base model's alone: start "
+            "from its merged export (rlstack export CHECKPOINT OUT --merge, then model.path=OUT)"
+        )
     for index, function in enumerate(recipe.reward.functions):
         resolve(function.fn, f"reward.functions.{index}.fn", recipe.reward.import_timeout_s)
     if recipe.rollout.environment is not None:

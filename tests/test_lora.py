@@ -167,3 +167,9 @@ def test_target_modules_that_name_no_layer_of_the_model_are_refused_before_any_a
     with pytest.raises(ValueError, match=r"model.lora.target_modules=\['qkv_proj'\] names no layer.*'q_proj'"):
         preflight(recipe, tmp_path / "run")
     preflight(recipe.model_copy(update={"model": load_recipe(TINY, ["model.lora={}"]).model}), tmp_path / "run")
+
+
+def test_a_lora_checkpoint_as_model_path_is_refused_for_its_merged_export(lora_checkpoint, tmp_path):
+    recipe = load_recipe(TINY, [f"model.path={lora_checkpoint}", f"tracking.run_root={tmp_path}"])
+    with pytest.raises(RecipeError, match="is a LoRA checkpoint.*--merge"):
+        preflight(recipe, tmp_path / "run")
