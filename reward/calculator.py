@@ -31,6 +31,13 @@ MAX_DIGITS = 100
 TOOL_CALL = re.compile(r"<tool>(.*?)</tool>", re.DOTALL)
 NUMBER = re.compile(r"\d")
 NUDGE = "Write <tool>expression</tool> to use the calculator, or reply with the answer as a number."
+EXAMPLE = [
+    {"role": "user", "content": "What is 12 * 34?"},
+    {"role": "assistant", "content": "<tool>12 * 34</tool>"},
+    {"role": "tool", "content": "408"},
+    {"role": "assistant", "content": "408"},
+]
+"""A worked exchange put before the question with ``example=True``, for a small model to imitate."""
 INSTRUCTIONS = (
     "You can use a calculator. To compute something, write <tool>expression</tool>, for example "
     "<tool>12 * 34</tool>, and wait for the result. When you know the answer, reply with the number only."
@@ -134,16 +141,20 @@ def answer(value: Number) -> str:
 class Calculator(Environment):
     """The model may call the calculator with ``<tool>expression</tool>``; the result (or ``error: <reason>``)
     comes back as a ``role`` message. A turn with a number and no tool call ends the trajectory: its text is the
-    answer. A turn with neither gets ``nudge`` back (``None``: it ends the trajectory too)."""
+    answer. A turn with neither gets ``nudge`` back (``None``: it ends the trajectory too). ``example`` opens
+    with a worked exchange (``EXAMPLE``, its tool turn in ``role``) before the question."""
 
-    def __init__(self, instructions: str = INSTRUCTIONS, role: str = "tool", nudge: str | None = NUDGE):
+    def __init__(
+        self, instructions: str = INSTRUCTIONS, role: str = "tool", nudge: str | None = NUDGE, example: bool = False
+    ):
         self.instructions = instructions
         self.role = role
         self.nudge = nudge
+        self.example = [{**m, "role": self.role} if m["role"] == "tool" else m for m in EXAMPLE] if example else []
 
     def reset(self, row: dict[str, Any]) -> list[dict[str, str]]:
         chat = [m for m in row["messages"] if m["role"] != "system"]
-        return [{"role": "system", "content": self.instructions}, *chat]
+        return [{"role": "system", "content": self.instructions}, *self.example, *chat]
 
     def step(self, messages: list[dict[str, str]], completion: str) -> Step:
         calls = TOOL_CALL.findall(completion)

@@ -31,11 +31,12 @@ RECIPE = "recipes/grpo_tool_calc_smollm2.yaml"
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default=RECIPE)
+    parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. 'rollout.environment.kwargs={}'")
     parser.add_argument("--num-eval", type=int, default=None, help="held-out prompts (default: the recipe's)")
     parser.add_argument("--output", type=Path, default=Path("docs/results/tool_calc_smollm2_cpu.json"))
     parser.add_argument("--no-train", action="store_true", help="measure the untrained model only")
     args = parser.parse_args(argv)
-    overrides = [f"data.num_eval={args.num_eval}"] if args.num_eval else []
+    overrides = [*args.overrides, *([f"data.num_eval={args.num_eval}"] if args.num_eval else [])]
     recipe = load_recipe(args.recipe, overrides)
     assert recipe.rollout.environment is not None, "the recipe names no rollout.environment"
     from actors.environment import EnvironmentWorker
@@ -69,20 +70,20 @@ def main(argv: list[str] | None = None) -> None:
         figures[f"{name}_example"] = with_tool[0][0].completion.text
     targets: dict[str, bool] = {}
     if not args.no_train:
-        figures.update(train(args.recipe))
+        figures.update(train(args.recipe, args.overrides))
         gain = figures["trained_sampled_accuracy_after"] - figures["sampled_accuracy_no_tool"]
         targets["sampled_accuracy_30_points_above_no_tool"] = gain >= 0.30
         targets["trained_within_30_minutes"] = figures["train_wall_s"] <= 1800
     record_result("tool-calc", figures, targets, args.output)
 
 
-def train(recipe: str) -> dict[str, Any]:
+def train(recipe: str, overrides: list[str]) -> dict[str, Any]:
     """Train ``recipe`` with ``rlstack train`` and return its summary's held-out accuracies and wall time."""
     from rlstack.train import main as train_main
 
     name = f"bench-tool-calc-{time.strftime('%Y%m%d-%H%M%S')}"
     start = time.time()
-    assert train_main([recipe, f"tracking.name={name}", "tracking.wandb=disabled"]) == 0
+    assert train_main([recipe, *overrides, f"tracking.name={name}", "tracking.wandb=disabled"]) == 0
     summary = json.loads((Path("runs") / name / "summary.json").read_text())
     return {
         "train_wall_s": round(time.time() - start, 1),

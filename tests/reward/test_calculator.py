@@ -89,3 +89,10 @@ def test_a_turn_with_neither_a_tool_call_nor_a_number_is_reminded():
     assert not step.done and step.observation[0]["content"].startswith("Write <tool>")
     assert step.info["tool_calls"] == 0
     assert check_step(Calculator(nudge=None).step([], "I am not sure.")).done
+
+
+def test_an_example_exchange_opens_before_the_question():
+    opening = Calculator(example=True, role="user").reset({"messages": [{"role": "user", "content": "What is 2 * 3?"}]})
+    assert [m["role"] for m in opening] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert opening[2]["content"] == "<tool>12 * 34</tool>" and opening[3]["content"] == str(evaluate("12 * 34"))
+    assert opening[-1]["content"] == "What is 2 * 3?"
