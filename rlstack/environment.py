@@ -25,11 +25,11 @@ Model output is untrusted: an environment that raises, hangs past
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from rlstack.data.prompts import Message
 
-ERROR_KINDS = ("exception", "timeout", "bad_value", "actor_died")
+ErrorKind = Literal["exception", "timeout", "bad_value", "actor_died"]
 """How an environment call can fail, as counted in ``env/errors/<kind>``."""
 
 
@@ -67,8 +67,8 @@ class Outcome:
 
     value: Any = None
     """The checked return value: a list of messages from ``reset``, a ``Step`` from ``step``; ``None`` on failure."""
-    error: str | None = None
-    """``None``, or the kind of failure (one of ``ERROR_KINDS``)."""
+    error: ErrorKind | None = None
+    """``None``, or the kind of failure."""
     message: str = ""
     """The traceback or reason of a failure."""
 

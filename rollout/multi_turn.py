@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from rlstack.data.chat import render_prompt
 from rlstack.data.prompts import Message, Prompt
-from rlstack.environment import Outcome, Step
+from rlstack.environment import ErrorKind, Outcome, Step
 from rlstack.types import Completion, SamplingParams
 
 DIFFERENT_OPENING = (
@@ -61,8 +61,8 @@ class Trajectory:
     """Model turns."""
     env_reward: float | None = None
     """The environment's last reward, if it gave one."""
-    error: str | None = None
-    """The kind of the environment failure that ended it (``rlstack.environment.ERROR_KINDS``), else ``None``."""
+    error: ErrorKind | None = None
+    """The kind of the environment failure that ended it, else ``None``."""
     error_message: str = ""
     """That failure's traceback or reason."""
     info: dict[str, float] = field(default_factory=dict)
@@ -110,7 +110,7 @@ class Running:
     finish_reason: Literal["stop", "length"] = "stop"
     policy_version: int = -1
     env_reward: float | None = None
-    error: str | None = None
+    error: ErrorKind | None = None
     error_message: str = ""
     info: Counter[str] = field(default_factory=Counter)
     done: bool = False
