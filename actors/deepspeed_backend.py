@@ -99,15 +99,8 @@ class DeepSpeedBackend:
     def _model(self) -> PreTrainedModel:
         """The float32 model with the recipe's attention, and ``score_responses`` (the engine passes attributes it
         lacks through to its module)."""
-        trainer = self.recipe.trainer
-        model = models.load_model(
-            self.recipe.model.path,
-            dtype=torch.float32,
-            seed=self.recipe.model.seed,
-            attention=trainer.attention,
-            device=self.recipe.placement.device,
-        )
-        add_response_scoring(model, trainer.logits_chunk_tokens)
+        model = models.load_trainer_model(self.recipe)
+        add_response_scoring(model, self.recipe.trainer.logits_chunk_tokens)
         return model
 
     def _reference(self, config: dict[str, Any]) -> torch.nn.Module:

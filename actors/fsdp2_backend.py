@@ -58,13 +58,7 @@ class FSDP2Backend:
         recipe's activation checkpointing and per-layer ``torch.compile``, and ``model.lora``'s adapter, injected
         before sharding (``self.adapter``)."""
         trainer = self.recipe.trainer
-        model = models.load_model(
-            self.recipe.model.path,
-            dtype=torch.float32,
-            seed=self.recipe.model.seed,
-            attention=trainer.attention,
-            device=self.device.type,
-        )
+        model = models.load_trainer_model(self.recipe)
         model.to(self.device)  # type: ignore[arg-type]  # transformers' decorator confuses mypy
         if trained and self.recipe.model.lora is not None:
             self.adapter = Adapter(model, self.recipe.model.lora)

@@ -31,7 +31,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from rlstack.config import RANDOM_PREFIX
+from rlstack.config import RANDOM_PREFIX, Recipe
 
 hf_logging.disable_progress_bar()  # one bar per actor per load drowns the job log
 
@@ -162,6 +162,18 @@ def load_model(
         with torch.device(device):
             return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=implementation)
     return AutoModelForCausalLM.from_pretrained(resolve(path), dtype=dtype, attn_implementation=implementation)
+
+
+def load_trainer_model(recipe: Recipe) -> PreTrainedModel:
+    """The recipe's model as a trainer rank holds it: float32 master weights, ``trainer.attention``'s kernels,
+    ``random:`` weights built on ``placement.device``."""
+    return load_model(
+        recipe.model.path,
+        dtype=torch.float32,
+        seed=recipe.model.seed,
+        attention=recipe.trainer.attention,
+        device=recipe.placement.device,
+    )
 
 
 def engine_dir(path: str) -> str:
