@@ -95,6 +95,6 @@ def test_help_lists_each_bench_module_under_its_name_with_its_docstring_first_li
         in lines
     )
     assert [line.split()[2] for line in lines if line.startswith("  rlstack bench ")] == [
-        "demo", "block-size", "dtype", "gemm", "gpu-grpo", "lmdeploy", "prompt-sharing", "reward", "rollout",
-        "service", "sft", "sync", "trainer",
+        "demo", "async-grpo", "block-size", "dtype", "gemm", "gpu-grpo", "lmdeploy", "lora", "prompt-sharing",
+        "reward", "rollout", "service", "sft", "sync", "tool-calc", "trainer", "trainer-profile",
     ]  # fmt: skip
