@@ -4,28 +4,16 @@ from dataclasses import replace
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from actors.objectives import Policy, make_objective
 from rlstack.config import parse_recipe
 from rlstack.data.batching import padded_responses, padding_sample
-from rlstack.forward import add_response_scoring
 from rlstack.types import Completion, Sample, TrainBatch
+from tests.actors.test_objectives import tiny_policy
 
 PROMPT = (1, 2, 3)
 TURNS = (5, 6, 7, 20, 21, 8, 9)  # model 5 6 7, environment 20 21, model 8 9
 MASK = (1, 1, 1, 0, 0, 1, 1)
-
-
-def policy() -> Policy:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=64,
-    )  # fmt: skip
-    model = LlamaForCausalLM(config)
-    add_response_scoring(model, chunk_tokens=8)
-    return Policy(model, None, torch.device("cpu"), pad_id=0)
 
 
 def trajectory(env_logprob: float = 0.0, mask: tuple[int, ...] | None = MASK) -> Sample:
@@ -35,9 +23,9 @@ def trajectory(env_logprob: float = 0.0, mask: tuple[int, ...] | None = MASK) ->
 
 def step(sample: Sample, kl_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, float], Policy]:
     objective = make_objective(parse_recipe({"algorithm": {"kl_coef": kl_coef}}), pad_id=0)
-    model = policy()
+    model = tiny_policy()
     if kl_coef:
-        model = replace(model, reference=policy().model)
+        model = replace(model, reference=tiny_policy().model)
     batch = TrainBatch((sample,), num_tokens=sample.completion.num_model_tokens, num_seqs=1, max_tokens=16)
     loss, sums = objective.loss(model, batch, [[sample]])
     return loss, dict(zip(objective.sum_names, sums.tolist(), strict=True)), model
@@ -63,7 +51,7 @@ def test_the_token_mean_counts_model_tokens_only():
     # token_mean over the batch's 5 model tokens is -1.5 * 5 / 5 = -1.5 (the 2 environment tokens counted would
     # give -1.5 * 7 / 5 = -2.1).
     objective = make_objective(parse_recipe({}), pad_id=0)
-    model = policy()
+    model = tiny_policy()
     (trainer,) = objective.logprobs(model, [trajectory()], lambda groups, padding: groups)
     sample = replace(trajectory(), completion=replace(trajectory().completion, logprobs=tuple(trainer)))
     batch = TrainBatch((sample,), num_tokens=5, num_seqs=1, max_tokens=16)
