@@ -2,7 +2,7 @@
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 import ray
@@ -153,17 +153,30 @@ class TrainerWorker:
         return objective.evaluation_metrics(sums)
 
     @torch.no_grad()
-    def full_buckets(self, bucket_mb: int, dtype: str, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
-        """The full (unsharded) weights in ``dtype`` on ``device``, in the buckets ``plan_buckets`` cuts.
+    def full_buckets(
+        self, bucket_mb: int, dtype: str, device: torch.device, merge_adapter: bool = True
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """The full (unsharded) weights in ``dtype`` on ``device``, in the buckets ``plan_buckets`` cuts, under the
+        base model's names; with LoRA, adapted weights merged (``W + s * B @ A``) or, ``merge_adapter=False``, the
+        base ``W`` alone.
 
         Every rank takes part in gathering each bucket; only rank 0 yields buckets.
         """
         wire = getattr(torch, dtype)
-        adapter = self.adapter  # with LoRA: merged, under the base model's names
+        adapter = self.adapter
         for entries in plan_buckets(self.parameter_shapes, bucket_mb, wire.itemsize):
             names = [name for name, _ in entries]
-            with self.backend.gathered(adapter.sources(names) if adapter else names) as params:
-                full = adapter.merged(names, params) if adapter else params
+            if adapter is None:
+                sources = names
+            else:
+                sources = adapter.sources(names) if merge_adapter else [adapter.model_name(n) for n in names]
+            with self.backend.gathered(sources) as params:
+                if adapter is None:
+                    full: Iterable[tuple[str, torch.Tensor]] = params
+                elif merge_adapter:
+                    full = adapter.merged(names, params)
+                else:
+                    full = zip(names, (tensor for _, tensor in params), strict=True)
                 bucket = {name: tensor.detach().to(device, wire, copy=True) for name, tensor in full}
             if self.rank == 0:
                 yield bucket
@@ -181,15 +194,21 @@ class TrainerWorker:
         return [ray.put(bucket)] if self.rank == 0 else []
 
     def state_dict_buckets(
-        self, bucket_mb: int, dtype: str, transport: str = "object_store", engine: str = "vllm"
+        self,
+        bucket_mb: int,
+        dtype: str,
+        transport: str = "object_store",
+        engine: str = "vllm",
+        merge_adapter: bool = True,
     ) -> list[ray.ObjectRef]:
-        """The full weights as object-store buckets of about ``bucket_mb`` MB; rank 0 returns their refs, the
-        other ranks an empty list. With ``cuda_ipc`` a bucket stays on this GPU as one flat tensor and the object
-        store carries only its CUDA IPC handle, in the engine's format (``rollout.registry.pack_bucket``); the
-        tensor lives until ``release_buckets``.
+        """The full weights (``full_buckets``) as object-store buckets of about ``bucket_mb`` MB; rank 0 returns
+        their refs, the other ranks an empty list. With ``cuda_ipc`` a bucket stays on this GPU as one flat tensor
+        and the object store carries only its CUDA IPC handle, in the engine's format
+        (``rollout.registry.pack_bucket``); the tensor lives until ``release_buckets``.
         """
         device = self.device if transport == "cuda_ipc" else torch.device("cpu")
-        return [self._put_bucket(bucket, transport, engine) for bucket in self.full_buckets(bucket_mb, dtype, device)]
+        buckets = self.full_buckets(bucket_mb, dtype, device, merge_adapter)
+        return [self._put_bucket(bucket, transport, engine) for bucket in buckets]
 
     def _put_bucket(self, bucket: dict[str, torch.Tensor], transport: str, engine: str) -> ray.ObjectRef:
         if transport == "object_store":
@@ -334,9 +353,14 @@ class TrainerGroup(ActorGroup):
         return self.gather([w.evaluate.remote(s) for w, s in zip(self.workers, shards, strict=True)], "evaluate")[0]
 
     def state_dict_buckets(
-        self, bucket_mb: int, dtype: str, transport: str = "object_store", engine: str = "vllm"
+        self,
+        bucket_mb: int,
+        dtype: str,
+        transport: str = "object_store",
+        engine: str = "vllm",
+        merge_adapter: bool = True,
     ) -> list[ray.ObjectRef]:
-        refs = [w.state_dict_buckets.remote(bucket_mb, dtype, transport, engine) for w in self.workers]
+        refs = [w.state_dict_buckets.remote(bucket_mb, dtype, transport, engine, merge_adapter) for w in self.workers]
         return self.gather(refs, "state_dict_buckets")[0]
 
     def adapter_buckets(self, dtype: str) -> list[ray.ObjectRef]:

@@ -17,7 +17,8 @@ class WeightSync:
       rank 0 sends while the engines receive.
 
     With ``model.lora``, ``rollout.lora_sync`` says what is sent: full weights with the adapter merged in
-    (``merged``, over any transport), or the adapter's tensors alone (``adapter``, through the object store).
+    (``merged``, over any transport), or the adapter's tensors alone (``adapter``, through the object store),
+    after the base weights once, at the first push to this group's engines.
     """
 
     def __init__(self, trainer: TrainerGroup, rollout: RolloutGroup, config: RolloutSection):
@@ -25,10 +26,15 @@ class WeightSync:
         self.rollout = rollout
         self.config = config
         self.group_joined = False
+        self.base_sent = False
 
     def push(self, version: int) -> list[int]:
         config = self.config
         if config.lora_sync == "adapter":  # the LoRA adapter alone, through the object store
+            if not self.base_sent:
+                base = self.trainer.state_dict_buckets(config.bucket_mb, config.dtype, merge_adapter=False)
+                self.rollout.update_weights(version, base)
+                self.base_sent = True
             return self.rollout.update_adapter(version, self.trainer.adapter_buckets(config.dtype))
         if config.weight_transport == "broadcast":
             self._join_group()

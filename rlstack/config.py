@@ -234,8 +234,8 @@ class RolloutSection(Section):
     lora_sync: Literal["merged", "adapter"] = "merged"
     """With ``model.lora``, what a weight sync sends: ``merged``, full weights under the base model's names (each
     adapted weight ``W + (alpha / rank) * B @ A``), which every engine loads as today; or ``adapter``, only the
-    adapter's ``A`` and ``B`` tensors, which the engine applies to the base weights it keeps (HF engine, over the
-    object store)."""
+    adapter's ``A`` and ``B`` tensors, over the object store, after the base weights once; the HF engine merges
+    them into its weights, vLLM serves them as a LoRA adapter."""
     sleep_while_training: bool | Literal["auto"] = "auto"
     """LMDeploy colocated with the trainer on one GPU: free the engine's weights and KV cache (sleep level 2) for
     each update; the next weight sync wakes it. ``auto`` sleeps only when GPU memory measured after the last
@@ -699,10 +699,10 @@ class Recipe(Section):
         if self.rollout.lora_sync == "adapter":
             if self.model.lora is None:
                 raise ValueError("rollout.lora_sync=adapter sends a LoRA adapter: set model.lora, or lora_sync=merged")
-            if self.rollout.engine != "hf":
+            if self.rollout.engine not in ("hf", "vllm"):
                 raise ValueError(
-                    f"rollout.lora_sync=adapter is built for rollout.engine=hf only, not {self.rollout.engine!r}: "
-                    "use rollout.lora_sync=merged"
+                    f"rollout.lora_sync=adapter is built for rollout.engine=hf and vllm, not {self.rollout.engine!r} "
+                    "(LMDeploy loads adapters only when it starts): use rollout.lora_sync=merged"
                 )
             if self.rollout.weight_transport != "object_store":
                 raise ValueError(

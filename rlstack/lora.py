@@ -12,6 +12,7 @@ model's, so the engines (merged sync), the checkpoint and the export see plain H
   ``base_model.model.`` prefix), which ``apply`` merges into kept base weights.
 """
 
+import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import save_file
 
 from rlstack.config import LoraSection
 from rlstack.forward import SCORE_METHOD
@@ -60,6 +62,29 @@ def pairs(adapter: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, tor
     if len(found) * 2 != len(adapter):
         raise ValueError(f"adapter has {len(adapter)} tensors, not a lora_A and a lora_B for each of {len(found)}")
     return found
+
+
+def write_adapter(directory: Path, adapter: dict[str, torch.Tensor], scale: float) -> None:
+    """``adapter`` (PEFT's file format) as a PEFT adapter directory an engine loads by path:
+    ``adapter_model.safetensors`` and an ``adapter_config.json`` whose rank comes from the ``A: [r, in]`` shapes and
+    whose ``lora_alpha`` is ``scale * r``."""
+    found = pairs(adapter)
+    ranks = {a.shape[0] for a, _ in found.values()}
+    if len(ranks) != 1:
+        raise ValueError(f"adapter mixes ranks {sorted(ranks)}; one rank is expected")
+    rank = ranks.pop()
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": rank,
+        "lora_alpha": scale * rank,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "target_modules": sorted({name.rsplit(".", 2)[-2] for name in found}),
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({name: tensor.contiguous() for name, tensor in adapter.items()}, directory / ADAPTER_FILE)
+    (directory / "adapter_config.json").write_text(json.dumps(config))
 
 
 def check_targets(section: LoraSection, parameter_names: Iterable[str]) -> None:

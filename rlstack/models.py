@@ -59,6 +59,9 @@ RANDOM_PRESETS: dict[str, dict[str, Any]] = {
     "llama-8b": dict(
         hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8
     ),
+    "llama-13b": dict(
+        hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=8
+    ),
 }
 
 

@@ -126,6 +126,7 @@ class HFEngine(Engine):
                 missing.discard(name)
         if missing:
             raise RuntimeError(f"weight sync to version {version} is incomplete: missing {sorted(missing)[:3]}...")
+        self.base_weights.clear()  # these are the base weights the next adapter applies to
         self.policy_version = version
 
     @torch.no_grad()

@@ -27,6 +27,7 @@ def make_engine(recipe: Recipe) -> Engine:
             gpu_memory_utilization=rollout.gpu_memory_utilization,
             enforce_eager=rollout.enforce_eager,
             timeout_s=rollout.timeout_s,
+            lora_rank=recipe.model.lora.rank if recipe.model.lora and rollout.lora_sync == "adapter" else None,
         )
     if recipe.rollout.engine == "lmdeploy":
         from rollout.lmdeploy_engine import LMDeployEngine

