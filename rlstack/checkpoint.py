@@ -53,8 +53,10 @@ fsspec URL carry only their size."""
 
 
 def checkpoint_base(recipe: Recipe, run_dir: Path) -> str:
-    """Where a run's checkpoints go: ``checkpoint.uri``, by default ``<run_dir>/checkpoints``."""
-    return (recipe.checkpoint.uri or str(run_dir / "checkpoints")).rstrip("/")
+    """Where a run's checkpoints go: ``checkpoint.uri``, by default ``<run_dir>/checkpoints``. A local path is made
+    absolute: the trainer's ranks write it from Ray's working directory, not the driver's."""
+    base = recipe.checkpoint.uri or str(run_dir / "checkpoints")
+    return (base if "://" in base else str(Path(base).resolve())).rstrip("/")
 
 
 def checkpoint_dir(recipe: Recipe, run_dir: Path, step: int) -> str:

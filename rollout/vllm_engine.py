@@ -81,8 +81,10 @@ class VLLMEngine(Engine):
         from vllm import LLM
         from vllm.config import WeightTransferConfig
 
-        from rollout.vllm_weights import IN_PROCESS_BACKEND
+        from rollout.vllm_weights import IN_PROCESS_BACKEND, let_lora_layers_load_weights
 
+        if lora_rank:
+            let_lora_layers_load_weights()
         adapters: dict[str, Any] = (
             {"enable_lora": True, "max_loras": 1, "max_lora_rank": lora_slot(lora_rank)} if lora_rank else {}
         )

@@ -13,6 +13,7 @@ extra memory of a sync is about one bucket.
 """
 
 import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +74,27 @@ def retie_lm_head(model: torch.nn.Module, tied: bool) -> None:
     if tied and head is not None:
         head.tie_weights(model.model.embed_tokens)  # type: ignore[union-attr, operator]
         head.quant_method.process_weights_after_loading(head)  # type: ignore[union-attr]
+
+
+def let_lora_layers_load_weights() -> None:
+    """Give vLLM's LoRA-wrapped layers the ``load_weights`` of vLLM 0.32, which loads a checkpoint tensor into the
+    wrapped ``base_layer``; vLLM 0.26 (the GPU build) has none, so a weight sync to an engine with
+    ``enable_lora`` fails on the first wrapped layer (``no module or parameter named 'embed_tokens.weight'``).
+    Does nothing where vLLM has its own."""
+    from vllm.lora.layers import BaseLayerWithLoRA
+
+    if "load_weights" in vars(BaseLayerWithLoRA):
+        return
+
+    def load_weights(self: BaseLayerWithLoRA, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterable[str]:
+        from vllm.model_executor.models.utils import AutoWeightsLoader
+
+        base_load_weights = getattr(self.base_layer, "load_weights", None)
+        if callable(base_load_weights):
+            return base_load_weights(weights)  # type: ignore[no-any-return]
+        return AutoWeightsLoader(self.base_layer).load_weights(weights)  # type: ignore[arg-type]
+
+    BaseLayerWithLoRA.load_weights = load_weights  # type: ignore[method-assign]
 
 
 with contextlib.suppress(ValueError):  # already registered by an earlier import

@@ -1,6 +1,7 @@
 """Checkpoints: staged and committed with a manifest written last, refused when torn, pruned to the newest."""
 
 import json
+from pathlib import Path
 
 import fsspec
 import pytest
@@ -10,6 +11,7 @@ from rlstack.checkpoint import (
     MANIFEST,
     begin,
     check_resumable,
+    checkpoint_base,
     commit,
     latest_checkpoint,
     load_controller_state,
@@ -19,6 +21,7 @@ from rlstack.checkpoint import (
     staging_uri,
     writable,
 )
+from rlstack.config import load_recipe
 
 URI = "memory://bucket/runs/a/step_2"
 PARTS = {
@@ -147,3 +150,12 @@ def test_optimizer_state_resumes_only_on_the_backend_that_wrote_it(remote, optim
             check_resumable(URI, "deepspeed")
     else:
         check_resumable(URI, "deepspeed")
+
+
+def test_a_relative_run_directory_gives_absolute_checkpoint_paths_and_a_uri_stays_as_given(tmp_path, monkeypatch):
+    """The trainer's ranks write checkpoints from Ray's working directory, where a relative path means elsewhere."""
+    tiny = Path(__file__).parents[1] / "recipes/grpo_tiny_random.yaml"
+    monkeypatch.chdir(tmp_path)
+    assert checkpoint_base(load_recipe(tiny), Path("runs/a")) == str(tmp_path / "runs/a/checkpoints")
+    remote = load_recipe(tiny, ["checkpoint.uri=memory://bucket/ckpt/"])
+    assert checkpoint_base(remote, Path("runs/a")) == "memory://bucket/ckpt"

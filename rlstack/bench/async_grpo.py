@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     device = load_recipe(args.recipe, args.set).placement.device
     ray.init(include_dashboard=False, runtime_env={"working_dir": ".", "excludes": [".venv", "runs", ".git"]})
     try:
-        runs = {f"k{k}": train(args.recipe, k, args.set, args.run_root) for k in (0, 1)}
+        runs = {f"k{k}": train(args.recipe, k, args.set, args.run_root.resolve()) for k in (0, 1)}
     finally:
         ray.shutdown()
     sync, one_off = runs["k0"], runs["k1"]
