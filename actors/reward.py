@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 MAX_THREADS = 64
 POLL_S = 0.02
 RESTART_POLL_S = 0.2
+RESTART_TIMEOUT_S = 120.0
+"""How long the pool waits for Ray to start a dead or killed reward actor again: a new process importing the
+reward modules, which takes longer than a stalled call is given (``reward.actor_timeout_s``)."""
 
 
 class RewardError(RuntimeError):
@@ -299,23 +302,24 @@ class RewardPool:
 
     @property
     def deadline_s(self) -> float:
-        """How long the pool waits on a worker; worker-side timeouts fire long before this."""
-        return self.section.timeout_s * 2 + 60
+        """How long the pool waits on a worker (``reward.actor_timeout_s``); worker-side timeouts fire first."""
+        return self.section.actor_timeout_s or self.section.timeout_s * 2 + 60
 
     def _await_restarts(self) -> None:
         """Wait until the workers whose process died (and that Ray restarts) answer again, so that new
         requests do not reach an actor that is still restarting. Ray answers a call to a restarting
-        actor at once with ``ActorUnavailableError``, so the pool asks again until the deadline."""
-        deadline = time.monotonic() + self.deadline_s
+        actor at once with ``ActorUnavailableError``, or with ``RayActorError`` while it learns that the old
+        process is gone (a stalled actor the pool just killed), so the pool asks again until the deadline."""
+        deadline = time.monotonic() + RESTART_TIMEOUT_S
         for worker in self.restarting:
             while time.monotonic() < deadline:
                 try:
                     ray.get(worker.node_id.remote(), timeout=deadline - time.monotonic())
                     break
-                except ray.exceptions.ActorUnavailableError:
+                except ray.exceptions.RayActorError:  # ActorUnavailableError included
                     time.sleep(RESTART_POLL_S)
-                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                    break  # gone for good or still down: its requests fail as actor_died
+                except ray.exceptions.GetTimeoutError:
+                    break  # still down: its requests fail as actor_died
         self.restarting.clear()
 
     def _get(self, worker: Any, ref: ray.ObjectRef, names: list[str], size: int) -> dict[str, RewardResult]:

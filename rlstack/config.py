@@ -313,6 +313,10 @@ class RewardSection(Section):
     correctness reward, whose score of 1 counts as correct in ``accuracy`` and held-out evaluation."""
     timeout_s: Positive = 10.0
     """Per-call timeout, in seconds."""
+    actor_timeout_s: Positive | None = None
+    """How long the pool waits for a reward actor's answer to a step's requests before it takes the actor for
+    stalled: kills it (Ray starts it again) and scores those requests ``error_score`` as ``actor_died``.
+    ``None``: ``2 * timeout_s + 60``, room for calls that queue behind each other in the actor."""
     import_timeout_s: Positive = 60.0
     """Limit on importing each reward module before the run starts; a module that takes longer fails the run."""
     error_score: Finite = 0.0

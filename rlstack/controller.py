@@ -161,25 +161,31 @@ class Controller:
         evaluated, checkpoint = self.start_step, None
         self.first_sampler_state = self.sampler.state()
         num_steps = self.recipe.trainer.num_steps
-        step = self.start_step
-        while step < num_steps:
-            step += 1
-            version, before_step = self.policy_version, self.state(step - 1)
+        step, finished = self.start_step, False
+        while not finished:
+            version, before_step = self.policy_version, self.state(step)
             try:
-                metrics = self.step(step)
-                if self.recipe.eval.every_steps and step % self.recipe.eval.every_steps == 0:
-                    (after, seconds), evaluated = self.timed_evaluation(), step
-                    metrics.update({**after, **seconds})
-                self.tracker.log(step, metrics)
-                if self.recipe.checkpoint.every_steps and step % self.recipe.checkpoint.every_steps == 0:
-                    checkpoint = self.save_checkpoint(step)
+                if step < num_steps:
+                    step += 1
+                    metrics = self.step(step)
+                    if self.recipe.eval.every_steps and step % self.recipe.eval.every_steps == 0:
+                        (after, seconds), evaluated = self.timed_evaluation(), step
+                        metrics.update({**after, **seconds})
+                    self.tracker.log(step, metrics)
+                    if self.recipe.checkpoint.every_steps and step % self.recipe.checkpoint.every_steps == 0:
+                        checkpoint = self.save_checkpoint(step)
+                    continue
+                if evaluated != num_steps:  # the run's end: its evaluation and checkpoint recover like a step
+                    (after, seconds), evaluated = self.timed_evaluation(), num_steps
+                    self.tracker.log(num_steps, {**after, **seconds})
+                final = checkpoint_dir(self.recipe, self.run_dir, num_steps)
+                if self.recipe.checkpoint.at_end and checkpoint != final:
+                    checkpoint = self.save_checkpoint(num_steps)
+                finished = True
             except ActorFailure as failure:
-                step = self.recover(failure, step, version == self.policy_version, before_step)
-        if evaluated != num_steps:
-            after, seconds = self.timed_evaluation()
-            self.tracker.log(num_steps, {**after, **seconds})
-        if self.recipe.checkpoint.at_end and checkpoint != checkpoint_dir(self.recipe, self.run_dir, num_steps):
-            checkpoint = self.save_checkpoint(num_steps)
+                at = step if step > before_step["step"] else step + 1  # the step that failed, or the run's end
+                step = self.recover(failure, at, version == self.policy_version, before_step)
+                evaluated = min(evaluated, step)
         plot_run(self.run_dir / "metrics.jsonl", self.run_dir / "plot.png")
         summary = {
             "steps": num_steps,
@@ -235,19 +241,30 @@ class Controller:
         return state
 
     def recover(self, failure: ActorFailure, step: int, trainer_untouched: bool, before_step: dict[str, Any]) -> int:
-        """Rebuild the group that ``failure`` tore down during ``step`` and return the last step whose state is
-        now restored. An engine failure before the trainer moved retries the step, with the current weights
-        synced to the new engines; any other restores the trainer from the run's last checkpoint (or the
-        starting weights) and syncs that. Logs the restart; re-raises without ``checkpoint.auto_resume`` or past
-        ``checkpoint.max_restarts``. ``before_step``: the controller's ``state`` when ``step`` began."""
+        """Rebuild the group that ``failure`` tore down during ``step`` (``num_steps + 1``: the run's final
+        evaluation or checkpoint) and return the last step whose state is now restored. An engine failure before
+        the trainer moved retries the step, with the current weights synced to the new engines; any other
+        restores the trainer from the run's last checkpoint (or the starting weights) and syncs that. A failure
+        while rebuilding is the next restart. Logs each restart; re-raises without ``checkpoint.auto_resume`` or
+        past ``checkpoint.max_restarts``. ``before_step``: the controller's ``state`` when ``step`` began."""
         section = self.recipe.checkpoint
         if not section.auto_resume:
             raise failure
-        if self.num_restarts >= section.max_restarts:
-            raise RuntimeError(
-                f"{failure}; checkpoint.max_restarts={section.max_restarts} restarts were spent"
-            ) from failure
-        self.num_restarts += 1
+        while True:
+            if self.num_restarts >= section.max_restarts:
+                raise RuntimeError(
+                    f"{failure}; checkpoint.max_restarts={section.max_restarts} restarts were spent"
+                ) from failure
+            self.num_restarts += 1
+            try:
+                return self.rebuild(failure, step, trainer_untouched, before_step)
+            except ActorFailure as again:
+                note = f"restart {self.num_restarts} failed: {again}; it was rebuilding after: {failure}"
+                self.tracker.log(step, {"restarts": self.num_restarts, "note": note})
+                failure, trainer_untouched = again, trainer_untouched and again.group == "rollout"
+
+    def rebuild(self, failure: ActorFailure, step: int, trainer_untouched: bool, before_step: dict[str, Any]) -> int:
+        """One restart of ``recover``: the new group, the restored state, the engines synced; the restored step."""
         retry = failure.group == "rollout" and trainer_untouched
         if failure.group == "rollout":
             self.rollout = RolloutGroup(self.recipe)

@@ -1,5 +1,5 @@
 """Injected faults on a real local Ray with the tiny recipe: trainer ranks and engines SIGKILLed and SIGSTOPped
-mid-run, the driver killed mid-checkpoint, a torn checkpoint.
+mid-run, a reward actor SIGSTOPped, the driver killed mid-checkpoint, a torn checkpoint.
 
 Each run either recovers (``checkpoint.auto_resume``) and ends with weights bit-identical to a run without the
 fault, so no completed step is lost; or fails within its deadline with an error that names the group, the
@@ -80,18 +80,20 @@ class Faulty(GRPOController):
     def step(self, step: int) -> dict[str, Any]:
         self.step_now = step
         if self.fault and self.fault[0] == "rollout" and self.fault[2] == step:
-            self.fire(self.rollout)
+            self.fire(self.rollout.workers)
+        if self.fault and self.fault[0] == "reward" and self.fault[2] == step:
+            self.fire(self.rewards.groups[0][1])
         return super().step(step)
 
     def train(self, samples: list[Any]) -> dict[str, float]:
         if self.fault and self.fault[0] == "trainer" and self.fault[2] == self.step_now:
-            self.fire(self.trainer)
+            self.fire(self.trainer.workers)
         return super().train(samples)
 
-    def fire(self, group: Any) -> None:
+    def fire(self, workers: list[Any]) -> None:
         assert self.fault is not None
         _, index, _, sig, delay_s = self.fault
-        pid = pid_of(group.workers[index])
+        pid = pid_of(workers[index])
         self.victims.append(pid)
         threading.Timer(delay_s, os.kill, (pid, sig)).start()
         self.fault = None
@@ -156,6 +158,44 @@ def test_a_killed_or_stopped_actor_is_rebuilt_and_the_run_ends_as_without_the_fa
     assert controller.num_restarts == 1
 
 
+class KilledAtTheEnd(Faulty):
+    """SIGKILLs the engine during the run's final evaluation, then its replacement during the rebuild's sync."""
+
+    def __init__(self, recipe: Any, run_dir: Path):
+        super().__init__(recipe, run_dir, None)
+        self.kills = 0
+
+    def timed_evaluation(self) -> Any:
+        if self.step_now == NUM_STEPS and self.kills == 0:
+            self.kill_engine()
+        return super().timed_evaluation()
+
+    def sync_weights(self) -> None:
+        if self.num_restarts == 1 and self.kills == 1:
+            self.kill_engine()
+        super().sync_weights()
+
+    def kill_engine(self) -> None:
+        self.kills += 1
+        os.kill(pid_of(self.rollout.workers[0]), signal.SIGKILL)
+
+
+def test_an_engine_lost_in_the_final_evaluation_and_again_while_rebuilt_costs_two_restarts_and_nothing_else(
+    straight, tmp_path
+):
+    controller = KilledAtTheEnd(recipe(tmp_path, "checkpoint.auto_resume=true"), tmp_path / "run")
+    with controller:
+        summary = controller.run()
+        weights = controller.trainer.fingerprint()
+    records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    notes = restarts(records)
+    assert len(notes) == 2 and controller.num_restarts == 2 and controller.kills == 2  # one rebuild took two tries
+    assert re.search("restart 1 failed: .*rebuilding after: rollout worker 0 died during generate", notes[0]), notes
+    assert notes[1].startswith("restart 2: ") and "rollout group rebuilt" in notes[1], notes
+    assert weights == straight[0] and summary["steps"] == NUM_STEPS and "greedy_accuracy_after" in summary
+    assert trained_steps(records) == list(range(1, NUM_STEPS + 1))  # no step trained twice
+
+
 def test_a_dead_trainer_rank_without_auto_resume_fails_at_once_naming_it_and_keeps_the_last_checkpoint(
     cluster, tmp_path
 ):
@@ -182,6 +222,17 @@ def test_a_stopped_trainer_rank_without_auto_resume_fails_within_its_deadline_an
         time.sleep(0.2)
     else:
         pytest.fail(f"the stopped rank (pid {controller.victims[0]}) is still there")
+
+
+def test_a_stopped_reward_actor_costs_one_step_its_deadline_and_the_run_goes_on(cluster, tmp_path):
+    """The pool waits ``reward.actor_timeout_s`` for the stopped actor, kills it (Ray starts it again) and scores
+    its requests ``reward.error_score``, counted; the next steps score normally."""
+    _, records, _, _ = run(tmp_path, ("reward", 0, 2, signal.SIGSTOP, 0.0), "reward.actor_timeout_s=4")
+    steps = {r["step"]: r for r in records if "reward/mean" in r}
+    assert sorted(steps) == list(range(1, NUM_STEPS + 1))
+    errors = [steps[s]["reward/distinct_characters/errors"] for s in sorted(steps)]
+    assert errors[1] > 0 and errors[0] == errors[2] == errors[3] == 0, errors
+    assert 4 <= steps[2]["time/reward"] < 4 + DEADLINE_SLACK_S
 
 
 def test_restarts_past_max_restarts_end_the_run_naming_the_limit(cluster, tmp_path):
