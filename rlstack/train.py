@@ -1,7 +1,8 @@
 """Entry point: ``python -m rlstack.train RECIPE [key.path=value ...]``.
 
 Works as the entrypoint of ``ray job submit`` (it joins the job's cluster) and on its own
-(it starts a local Ray). Bad input exits with code 2 before any actor starts.
+(it starts a local Ray, which ``rlstack.watchdog`` stops should the driver be killed). Bad input
+exits with code 2 before any actor starts.
 """
 
 import argparse
@@ -19,6 +20,7 @@ from rlstack.config import Recipe, RecipeError, load_recipe
 from rlstack.logs import DriverLogs
 from rlstack.preflight import check_cluster, preflight
 from rlstack.tracking import describe_run
+from rlstack.watchdog import Watchdog, head_processes
 
 if TYPE_CHECKING:
     from rlstack.controller import Controller
@@ -77,14 +79,22 @@ def main(argv: list[str] | None = None) -> int:
     quiet_options: dict[str, Any] = {}
     if driver_logs is not None:  # the actors write their own files, and Ray forwards nothing of theirs
         quiet_options = {"log_to_driver": False, "runtime_env": {"env_vars": driver_logs.open(run_dir)}}
+    watchdog = None
     if "RAY_ADDRESS" in os.environ:
         ray.init(**quiet_options)
     else:
         ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet_options)
+        watchdog = Watchdog(head_processes())  # the head goes with this driver, however it ends
+
+    def stop_ray() -> None:
+        ray.shutdown()
+        if watchdog is not None:
+            watchdog.stand_down()
+
     try:
         check_cluster(recipe, ray.nodes())
     except RecipeError as exc:
-        ray.shutdown()
+        stop_ray()
         if fresh:  # the logs a quiet driver has begun
             shutil.rmtree(run_dir, ignore_errors=True)
         print(f"rlstack: error: {exc}", file=sys.stderr)
@@ -93,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         with controller_class(recipe, run_dir, data) as controller:
             summary = controller.run()
     finally:
-        ray.shutdown()
+        stop_ray()
     print(json.dumps({"summary": summary}))
     return 0
 
