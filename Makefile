@@ -26,7 +26,7 @@ browser:
 
 # the default pytest run, plus the long end-to-end runs it leaves out (marked `slow`)
 test: lint browser
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q -m "slow or not slow" --durations=40
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rlstack actors rollout reward tests
