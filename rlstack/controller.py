@@ -260,7 +260,8 @@ class Controller:
                 return self.rebuild(failure, step, trainer_untouched, before_step)
             except ActorFailure as again:
                 note = f"restart {self.num_restarts} failed: {again}; it was rebuilding after: {failure}"
-                self.tracker.log(step, {"restarts": self.num_restarts, "note": note})
+                logged_at = min(step, self.recipe.trainer.num_steps)  # the run's end is logged at its last step
+                self.tracker.log(logged_at, {"restarts": self.num_restarts, "note": note})
                 failure, trainer_untouched = again, trainer_untouched and again.group == "rollout"
 
     def rebuild(self, failure: ActorFailure, step: int, trainer_untouched: bool, before_step: dict[str, Any]) -> int:
@@ -283,7 +284,7 @@ class Controller:
         if self.rollout is not None:
             self.sync_weights()
         self.tracker.log(
-            step,
+            min(step, self.recipe.trainer.num_steps),  # the run's end is logged at its last step
             {
                 "restarts": self.num_restarts,
                 "note": f"restart {self.num_restarts}: {failure}; {failure.group} group rebuilt, continuing after "

@@ -192,6 +192,7 @@ def test_an_engine_lost_in_the_final_evaluation_and_again_while_rebuilt_costs_tw
     assert len(notes) == 2 and controller.num_restarts == 2 and controller.kills == 2  # one rebuild took two tries
     assert re.search("restart 1 failed: .*rebuilding after: rollout worker 0 died during generate", notes[0]), notes
     assert notes[1].startswith("restart 2: ") and "rollout group rebuilt" in notes[1], notes
+    assert {r["step"] for r in records if "restarts" in r} == {NUM_STEPS}  # logged at the run's last step
     assert weights == straight[0] and summary["steps"] == NUM_STEPS and "greedy_accuracy_after" in summary
     assert trained_steps(records) == list(range(1, NUM_STEPS + 1))  # no step trained twice
 
