@@ -2,7 +2,7 @@
 
 import os
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import ray
@@ -166,17 +166,8 @@ class TrainerWorker:
         adapter = self.adapter
         for entries in plan_buckets(self.parameter_shapes, bucket_mb, wire.itemsize):
             names = [name for name, _ in entries]
-            if adapter is None:
-                sources = names
-            else:
-                sources = adapter.sources(names) if merge_adapter else [adapter.model_name(n) for n in names]
-            with self.backend.gathered(sources) as params:
-                if adapter is None:
-                    full: Iterable[tuple[str, torch.Tensor]] = params
-                elif merge_adapter:
-                    full = adapter.merged(names, params)
-                else:
-                    full = zip(names, (tensor for _, tensor in params), strict=True)
+            with self.backend.gathered(adapter.sources(names, merge_adapter) if adapter else names) as params:
+                full = adapter.merged(names, params, merge_adapter) if adapter else params
                 bucket = {name: tensor.detach().to(device, wire, copy=True) for name, tensor in full}
             if self.rank == 0:
                 yield bucket

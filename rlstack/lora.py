@@ -64,6 +64,12 @@ def pairs(adapter: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, tor
     return found
 
 
+def layer_name(parameter: str) -> str:
+    """The layer a weight belongs to, as ``target_modules`` names it: ``q_proj`` for
+    ``model.layers.0.self_attn.q_proj.weight``."""
+    return parameter.rsplit(".", 2)[-2]
+
+
 def write_adapter(directory: Path, adapter: dict[str, torch.Tensor], scale: float) -> None:
     """``adapter`` (PEFT's file format) as a PEFT adapter directory an engine loads by path:
     ``adapter_model.safetensors`` and an ``adapter_config.json`` whose rank comes from the ``A: [r, in]`` shapes and
@@ -80,7 +86,7 @@ def write_adapter(directory: Path, adapter: dict[str, torch.Tensor], scale: floa
         "lora_alpha": scale * rank,
         "lora_dropout": 0.0,
         "bias": "none",
-        "target_modules": sorted({name.rsplit(".", 2)[-2] for name in found}),
+        "target_modules": sorted({layer_name(name) for name in found}),
     }
     directory.mkdir(parents=True, exist_ok=True)
     save_file({name: tensor.contiguous() for name, tensor in adapter.items()}, directory / ADAPTER_FILE)
@@ -90,7 +96,7 @@ def write_adapter(directory: Path, adapter: dict[str, torch.Tensor], scale: floa
 def check_targets(section: LoraSection, parameter_names: Iterable[str]) -> None:
     """``ValueError`` naming ``model.lora.target_modules`` when none of the model's weights is in a layer it names
     (``parameter_names``: the base model's, e.g. ``model.layers.0.self_attn.q_proj.weight``)."""
-    layers = {name.rsplit(".", 2)[-2] for name in parameter_names if name.count(".") >= 2}
+    layers = {layer_name(name) for name in parameter_names if name.count(".") >= 2}
     if not layers & set(section.target_modules):
         raise ValueError(
             f"model.lora.target_modules={list(section.target_modules)} names no layer of the model; its layers with "
@@ -126,25 +132,26 @@ class Adapter:
         module, _, leaf = name.rpartition(".")
         return f"{module}.base_layer.{leaf}" if f"{module}.weight" in self.adapted else name
 
-    def sources(self, names: Iterable[str]) -> list[str]:
-        """The model's parameters that ``names`` (the base model's) are computed from."""
+    def sources(self, names: Iterable[str], merge: bool = True) -> list[str]:
+        """The model's parameters that ``names`` (the base model's) are computed from: with ``merge=False`` the
+        base weights alone."""
         found = []
         for name in names:
             found.append(self.model_name(name))
-            if name in self.adapted:
+            if merge and name in self.adapted:
                 module = name.removesuffix(".weight")
                 found += [f"{module}.lora_A.{NAME}.weight", f"{module}.lora_B.{NAME}.weight"]
         return found
 
     def merged(
-        self, names: Iterable[str], params: Iterable[tuple[str, torch.Tensor]]
+        self, names: Iterable[str], params: Iterable[tuple[str, torch.Tensor]], merge: bool = True
     ) -> Iterator[tuple[str, torch.Tensor]]:
-        """``(base name, weight)`` for each of ``names``, an adapted one merged (``W + s * B @ A``, float32) from
-        ``params``, the full tensors of ``sources(names)``."""
+        """``(base name, weight)`` for each of ``names``, an adapted one merged (``W + s * B @ A``, float32; with
+        ``merge=False`` its base ``W``) from ``params``, the full tensors of ``sources(names, merge)``."""
         full = dict(params)
         for name in names:
             weight = full[self.model_name(name)]
-            if name in self.adapted:
+            if merge and name in self.adapted:
                 module = name.removesuffix(".weight")
                 a, b = full[f"{module}.lora_A.{NAME}.weight"], full[f"{module}.lora_B.{NAME}.weight"]
                 weight = merged_weight(weight, a, b, self.scale)
