@@ -145,9 +145,9 @@ class VLLMEngine(Engine):
             tensors = bucket.open() if isinstance(bucket, SharedBucket) else bucket
             self._rpc("update_weights", {"named_tensors": tensors})
             missing.difference_update(tensors)
+        self._rpc("finish_weight_update")  # also after an incomplete sync: a reload left open outlives this engine
         if missing:
             raise RuntimeError(f"weight sync to version {version} is incomplete: missing {sorted(missing)[:3]}...")
-        self._rpc("finish_weight_update")
         self._remove_adapter()  # new base weights: an adapter is served again only once one is sent for them
         self.llm.reset_prefix_cache()
         self.policy_version = version
